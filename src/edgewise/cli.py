@@ -1,0 +1,225 @@
+"""``edgewise`` command line: convert, run, inspect, devices, demo.
+
+Exit codes: 0 success; 1 an accuracy gate failed (CI should stop); 2 any other edgewise
+error (message and hint on stderr, no traceback); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from edgewise._version import __version__
+from edgewise.errors import EdgewiseError, GateFailedError, InputError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.handler(args)
+    except GateFailedError as exc:
+        print(f"edgewise: accuracy gate failed: {exc}", file=sys.stderr)
+        return 1
+    except EdgewiseError as exc:
+        print(f"edgewise: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("edgewise: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgewise", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"edgewise {__version__}")
+    sub = parser.add_subparsers(title="commands")
+
+    p = sub.add_parser("convert", help="run a recipe: export, quantize, gate, write bundles and a report")
+    p.add_argument("recipe", type=Path)
+    p.add_argument("--out", type=Path, help="output directory (default: the recipe's [output] dir)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(handler=_convert)
+
+    p = sub.add_parser("run", help="run a bundle or model file on this device")
+    p.add_argument("artifact", type=Path)
+    p.add_argument("--input", action="append", default=[], metavar="[NAME=]FILE.npy",
+                   help="an input array (.npy, or .npz with one array per input); repeat for several inputs")
+    p.add_argument("--sample", action="store_true", help="run the bundle's stored sample and compare")
+    p.add_argument("--device", default="auto", help="auto | cpu | gpu | npu | an accelerator name (default: auto)")
+    p.add_argument("--strict", action="store_true", help="fail instead of falling back to the CPU")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--output", type=Path, help="write outputs to this .npz")
+    p.set_defaults(handler=_run)
+
+    p = sub.add_parser("inspect", help="show a bundle's manifest (verified) or a model file's signature")
+    p.add_argument("artifact", type=Path)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_inspect)
+
+    p = sub.add_parser("devices", help="what hardware and backends this machine offers")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_devices)
+
+    p = sub.add_parser("demo", help="the main job end to end on a real model and data set (no download)")
+    p.add_argument("--out", type=Path, default=Path("edgewise-demo"))
+    p.add_argument("--no-encoder", action="store_true", help="skip the MiniLM sentence-encoder part")
+    p.set_defaults(handler=_demo)
+    return parser
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from edgewise.converters import convert, load_recipe
+
+    recipe = load_recipe(args.recipe, output_dir=args.out)
+    try:
+        report = convert(recipe, progress=not args.quiet)
+    except GateFailedError:
+        print((recipe.output_dir / "report.md").read_text(encoding="utf-8"))
+        raise
+    print(report.markdown())
+    print(f"bundles and report.md / report.json written to {recipe.output_dir}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from edgewise import device_runtime
+
+    model = device_runtime.load(args.artifact, device=args.device, strict=args.strict, threads=args.threads)
+    print(f"model:  {args.artifact}")
+    print(f"placed: {model.placement.describe()}")
+    expected = None
+    if args.sample:
+        if model.bundle is None or model.bundle.manifest.sample is None:
+            raise InputError(f"{args.artifact} has no stored sample", hint="Pass --input FILE.npy instead.")
+        inputs, expected = model.bundle.load_sample()
+    elif args.input:
+        inputs = _read_inputs(args.input, [s.name for s in model.signature.inputs])
+    else:
+        raise InputError("nothing to run", hint="Pass --input FILE.npy (repeatable) or --sample for a bundle.")
+    outputs = model.run(inputs)
+    for name, array in outputs.items():
+        print(f"output {name}: {array.dtype}{list(array.shape)}  {_preview(array)}")
+        if model.bundle is not None and model.bundle.manifest.task == "classification" and array.ndim == 2:
+            print(f"  top-1: {array.argmax(1).tolist()[:32]}")
+    if expected is not None:
+        sample = model.bundle.manifest.sample
+        ok = all(np.allclose(outputs[k], v, rtol=sample.rtol, atol=sample.atol) for k, v in expected.items())
+        print(f"sample check: {'matches' if ok else 'DIFFERS FROM'} the stored expected output "
+              f"(rtol={sample.rtol:g}, atol={sample.atol:g})")
+        if not ok:
+            return 1
+    if args.output:
+        np.savez(args.output, **outputs)
+        print(f"outputs written to {args.output}")
+    return 0
+
+
+def _read_inputs(specs: list[str], names: list[str]) -> dict[str, np.ndarray]:
+    inputs: dict[str, np.ndarray] = {}
+    for index, spec in enumerate(specs):
+        name, _, file = spec.rpartition("=")
+        path = Path(file)
+        if not path.is_file():
+            raise InputError(f"input file {path} does not exist")
+        try:
+            loaded = np.load(path, allow_pickle=False)
+        except Exception as exc:
+            raise InputError(f"cannot read {path} as .npy/.npz: {exc}") from exc
+        if isinstance(loaded, np.lib.npyio.NpzFile):
+            inputs.update({k: loaded[k] for k in loaded.files})
+            continue
+        if not name:
+            if index >= len(names):
+                raise InputError(f"more inputs given than the model has ({names})")
+            name = names[index]
+        inputs[name] = loaded
+    return inputs
+
+
+def _preview(array: np.ndarray) -> str:
+    flat = array.reshape(-1)
+    head = ", ".join(f"{v:.4g}" if np.issubdtype(array.dtype, np.floating) else str(v) for v in flat[:6])
+    return f"[{head}{', …' if flat.size > 6 else ''}]"
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from edgewise import device_runtime
+    from edgewise.bundle import MANIFEST_NAME, Bundle
+
+    path: Path = args.artifact
+    if path.is_dir() and (path / MANIFEST_NAME).exists():
+        bundle = Bundle.open(path)
+        m = bundle.manifest
+        if args.json:
+            print(json.dumps(m.to_dict(), indent=2))
+            return 0
+        print(f"bundle:        {path}  (all {len(m.files)} file hashes verified)")
+        print(f"model:         {m.name} {m.version}  [{m.format}, {m.task}]")
+        print(f"quantization:  {m.quantization.scheme}"
+              + (f"  ({len(m.quantization.float_nodes)} nodes kept in float)" if m.quantization.float_nodes else ""))
+        print(f"size:          {m.size_bytes / 1e6:.3f} MB")
+        print(f"source:        {m.source.kind} {m.source.name}  {m.source.digest[:23]}…")
+        _print_signature(m.signature)
+        gate = m.metrics.get("gate", {})
+        if gate:
+            print(f"gate:          {'passed' if gate.get('passed') else 'FAILED'} on {gate.get('eval_data', '?')}")
+            for key, value in sorted(m.metrics.get("vs_source", {}).items()):
+                print(f"  {key:<22} {value:.6g}" if isinstance(value, float) else f"  {key:<22} {value}")
+        print(f"made by:       edgewise {m.edgewise_version}, schema {m.schema_version}, {m.created}")
+        return 0
+    fmt = device_runtime.detect_format(path)
+    model = device_runtime.load(path, device="cpu", warmup=False)
+    if args.json:
+        print(json.dumps({"format": fmt, "signature": model.signature.to_dict()}, indent=2))
+        return 0
+    print(f"file:    {path}  [{fmt}, {path.stat().st_size / 1e6:.3f} MB]")
+    _print_signature(model.signature)
+    return 0
+
+
+def _print_signature(signature) -> None:
+    for kind, specs in (("input", signature.inputs), ("output", signature.outputs)):
+        for spec in specs:
+            print(f"{kind + ':':<15}{spec.name}  {spec.dtype}[{', '.join(str(d) for d in spec.shape)}]")
+
+
+def _devices(args: argparse.Namespace) -> int:
+    from edgewise import device_runtime
+
+    report = device_runtime.probe()
+    if args.json:
+        print(json.dumps({
+            "machine": report.machine, "cpu": report.cpu, "cores": report.cores,
+            "backends": [{"format": b.format, "backend": b.backend, "installed": b.installed, "version": b.version,
+                          "accelerators": [a.__dict__ for a in b.accelerators], "problem": b.problem}
+                         for b in report.backends],
+        }, indent=2))
+        return 0
+    print(f"machine: {report.machine}, {report.cpu}, {report.cores} cores")
+    print("| format | backend | version | accelerators (kind, auto-selected) |")
+    print("|---|---|---|---|")
+    for b in report.backends:
+        if not b.installed:
+            print(f"| {b.format} | not installed | - | {b.problem.splitlines()[-1].strip()} |")
+            continue
+        accs = ", ".join(f"{a.alias} ({a.kind}{'' if a.auto else ', on request'})" for a in b.accelerators)
+        print(f"| {b.format} | {b.backend} | {b.version} | {accs} |")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from edgewise.demo import run_demo
+
+    return run_demo(args.out, encoder=not args.no_encoder)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,412 @@
+"""Run a recipe: source model -> float artifact -> quantized variants -> gate -> bundles + report.
+
+Each artifact is loaded through ``edgewise.device_runtime`` (the code a device runs), fed
+the recipe's evaluation data and compared with the *source* model's outputs — not with the
+float export — so an error the export introduced is caught too.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgewise import device_runtime
+from edgewise.bundle import Bundle, BundleBuilder, Manifest, Quantization, Requirements, Source
+from edgewise.bundle._hashing import sha256_file, sha256_tree
+from edgewise.converters import _data, gate
+from edgewise.converters._progress import Progress
+from edgewise.converters.recipe import FLOAT_VARIANTS, Recipe, load_recipe
+from edgewise.converters.report import ArtifactRow, ConversionReport
+from edgewise.errors import DataError, GateFailedError, RecipeError
+
+Feeds = list[dict[str, np.ndarray]]
+
+
+@dataclass
+class _Source:
+    """The loaded source model: how to run it, its digest, and the input/output names."""
+
+    kind: str
+    digest: str
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    run: Callable[[Feeds], Feeds]
+    export: Callable[[Path, Feeds], None]
+    extra_files: list[Path]
+    tokenizer: object | None = None
+
+
+def convert(recipe: Recipe | str | Path, *, progress: bool = True, fail_on_gate: bool = True) -> ConversionReport:
+    """Run ``recipe``; write bundles and report.{md,json} into its output dir.
+
+    Raises GateFailedError (after writing everything) when an artifact misses a budget and
+    ``fail_on_gate``; the report and each manifest record which budget and by how much.
+    """
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe)
+    variants = [(t.format, v) for t in recipe.targets for v in t.variants]
+    steps = Progress(total=3 + 2 * len(variants), enabled=progress)
+    report = ConversionReport(
+        model=recipe.model.name, version=recipe.model.version, task=recipe.model.task,
+        source=f"{recipe.model.source} {recipe.model.path.name}", eval_data="", latency_batch=recipe.latency_batch,
+    )
+    recipe.output_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="edgewise-convert-") as tmp:
+        work = Path(tmp)
+        with steps.step(f"load {recipe.model.source} source {recipe.model.path.name}"):
+            source = _load_source(recipe, work)
+        with steps.step("load calibration and evaluation data"):
+            calibration, evaluation = _load_data(recipe, source)
+            report.eval_data = evaluation.description
+            steps.info(f"calibration: {calibration.description}; evaluation: {evaluation.description}")
+        with steps.step("run the source model on the evaluation data"):
+            reference = source.run(evaluation.batches)
+        gate_output = _gate_output(recipe, source.output_names)
+        ref_gate = np.concatenate([r[gate_output] for r in reference])
+
+        float_path: Path | None = None
+        float_row: ArtifactRow | None = None
+        for fmt, variant in variants:
+            artifact_path = work / f"{fmt}-{variant}" / "model.onnx"
+            artifact_path.parent.mkdir(parents=True)
+            with steps.step(f"build {fmt}/{variant}"):
+                if variant in FLOAT_VARIANTS:
+                    source.export(artifact_path, calibration.batches)
+                    float_path = artifact_path
+                    quant = Quantization(scheme="none", weight_dtype="float32", activation_dtype="float32")
+                    notes: list[str] = []
+                else:
+                    assert float_path is not None, "the float variant is always built first"
+                    quant, notes = _quantize(recipe, variant, float_path, artifact_path, calibration, source, steps)
+            with steps.step(f"gate and bundle {fmt}/{variant}"):
+                row = _gate_and_bundle(
+                    recipe, fmt, variant, artifact_path, quant, notes, source, evaluation, ref_gate, gate_output,
+                    float_row,
+                )
+                if variant in FLOAT_VARIANTS:
+                    float_row = row
+                report.rows.append(row)
+                steps.info(f"{row.artifact}: {_row_summary(row)}")
+    report.write(recipe.output_dir)
+    if fail_on_gate and not report.passed:
+        raise GateFailedError(
+            f"{len(report.misses)} budget(s) missed; bundles and report are in {recipe.output_dir}",
+            table=gate.misses_table(report.misses),
+            failures=[m.to_dict() for m in report.misses],
+        )
+    return report
+
+
+# --- source models ---------------------------------------------------------------------------
+
+def _load_source(recipe: Recipe, work: Path) -> _Source:
+    spec = recipe.model
+    if spec.source == "pytorch":
+        return _pytorch_source(recipe)
+    if spec.source == "onnx":
+        return _onnx_source(recipe)
+    return _hf_source(recipe, work)
+
+
+def _pytorch_source(recipe: Recipe) -> _Source:
+    from edgewise.converters._torch_export import export_torch_to_onnx, run_torch, torch_module_digest
+
+    spec = recipe.model
+    module = load_torch_module(spec.path, spec.factory, spec.weights)
+    names_in, names_out = spec.input_names, spec.output_names
+
+    def export(dest: Path, calibration: Feeds) -> None:
+        first = calibration[0]
+        export_torch_to_onnx(module, [first[n][:2] for n in names_in], dest, input_names=names_in,
+                             output_names=names_out)
+
+    return _Source(
+        kind="pytorch", digest=torch_module_digest(module), input_names=names_in, output_names=names_out,
+        run=lambda feeds: run_torch(module, feeds, names_in, names_out), export=export, extra_files=[],
+    )
+
+
+def load_torch_module(path: Path, factory: str | None, weights: Path | None):
+    """A module from a Python file + factory function, or a TorchScript file; weights from a state_dict."""
+    import torch
+
+    try:
+        if path.suffix == ".py":
+            module_spec = importlib.util.spec_from_file_location(f"edgewise_recipe_{path.stem}", path)
+            assert module_spec is not None and module_spec.loader is not None
+            py_module = importlib.util.module_from_spec(module_spec)
+            sys.modules[module_spec.name] = py_module
+            module_spec.loader.exec_module(py_module)
+            if not hasattr(py_module, factory or ""):
+                raise RecipeError(f"{path.name} defines no function {factory!r} (model.factory)")
+            module = getattr(py_module, factory)()
+        else:
+            module = torch.jit.load(str(path), map_location="cpu")
+        if weights is not None:
+            state = torch.load(str(weights), map_location="cpu", weights_only=True)
+            module.load_state_dict(state)
+    except RecipeError:
+        raise
+    except Exception as exc:
+        raise RecipeError(f"cannot load the PyTorch model from {path.name}: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(module, torch.nn.Module):
+        raise RecipeError(f"model.factory returned {type(module).__name__}, not a torch.nn.Module")
+    return module.eval()
+
+
+def _onnx_source(recipe: Recipe) -> _Source:
+    from edgewise.converters._torch_export import check_onnx
+
+    path = recipe.model.path
+    check_onnx(path)
+    model = device_runtime.load(path, device="cpu", warmup=False)
+    names_in = recipe.model.input_names or tuple(s.name for s in model.signature.inputs)
+    names_out = recipe.model.output_names or tuple(s.name for s in model.signature.outputs)
+
+    def export(dest: Path, _calibration: Feeds) -> None:
+        shutil.copyfile(path, dest)
+
+    return _Source(
+        kind="onnx", digest="sha256:" + sha256_file(path), input_names=names_in, output_names=names_out,
+        run=lambda feeds: [model.run(f) for f in feeds], export=export, extra_files=[],
+    )
+
+
+def _hf_source(recipe: Recipe, work: Path) -> _Source:
+    import onnx
+
+    from edgewise.converters._hf_export import HfReference, export_hf_to_onnx, load_tokenizer, tokenizer_files
+
+    spec = recipe.model
+    reference = HfReference(spec.path)
+    tokenizer = load_tokenizer(spec.path)
+    # The exported graph decides the names: export once now (cheap next to evaluation) and reuse it.
+    exported = work / "huggingface-export" / "model.onnx"
+    export_hf_to_onnx(spec.path, exported, task=spec.hf_task)
+    graph = onnx.load(str(exported), load_external_data=False).graph
+    names_in = spec.input_names or tuple(i.name for i in graph.input)
+    names_out = spec.output_names or tuple(o.name for o in graph.output)
+
+    def export(dest: Path, _calibration: Feeds) -> None:
+        shutil.copyfile(exported, dest)
+
+    return _Source(
+        kind="huggingface", digest="sha256:" + sha256_tree(spec.path), input_names=names_in,
+        output_names=names_out, run=lambda feeds: [reference.run(f, names_out) for f in feeds], export=export,
+        extra_files=tokenizer_files(spec.path), tokenizer=tokenizer,
+    )
+
+
+# --- data ------------------------------------------------------------------------------------
+
+def _load_data(recipe: Recipe, source: _Source) -> tuple[_data.Dataset, _data.Dataset]:
+    spec = recipe.data
+    names = source.input_names
+    if source.tokenizer is not None and spec.calibration_text and spec.eval_text:
+        from edgewise.converters._hf_export import tokenize_batches
+
+        def text(path: Path, limit: int | None) -> _data.Dataset:
+            sentences = _data.read_sentences(path)[:limit]
+            batches = tokenize_batches(source.tokenizer, sentences, batch_size=spec.batch_size,
+                                       max_length=spec.max_length, input_names=names)
+            return _data.Dataset(batches, None, f"{path.name} ({len(sentences)} sentences)")
+
+        return text(spec.calibration_text, spec.calibration_samples), text(spec.eval_text, spec.eval_samples)
+    if spec.builtin:
+        if len(names) != 1:
+            raise RecipeError(f"built-in data sets feed one input; the model has {list(names)}")
+        split = _data.builtin_images(spec.builtin)
+        cal = {names[0]: split.train_x[: spec.calibration_samples]}
+        test_x, test_y = split.test_x[: spec.eval_samples], split.test_y[: spec.eval_samples]
+        return (
+            _data.Dataset(_data.batched(cal, spec.batch_size), None, f"{spec.builtin} train ({len(cal[names[0]])})"),
+            _data.Dataset(_data.batched({names[0]: test_x}, spec.batch_size), test_y,
+                          f"{spec.builtin} held-out test split ({len(test_x)} samples, labelled)"),
+        )
+    assert spec.calibration is not None and spec.eval is not None
+    return (
+        _data.load_npz(spec.calibration, names, spec.batch_size, spec.calibration_samples),
+        _data.load_npz(spec.eval, names, spec.batch_size, spec.eval_samples),
+    )
+
+
+def _gate_output(recipe: Recipe, output_names: Sequence[str]) -> str:
+    if recipe.model.gate_output:
+        if recipe.model.gate_output not in output_names:
+            raise RecipeError(f"model.gate_output {recipe.model.gate_output!r} is not an output: {list(output_names)}")
+        return recipe.model.gate_output
+    if recipe.model.task == "embedding" and "sentence_embedding" in output_names:
+        return "sentence_embedding"
+    return output_names[0]
+
+
+# --- quantization ----------------------------------------------------------------------------
+
+def _quantize(recipe: Recipe, variant: str, float_path: Path, dest: Path, calibration: _data.Dataset,
+              source: _Source, steps: Progress) -> tuple[Quantization, list[str]]:
+    from edgewise.converters import _onnx_quantize as q
+
+    spec = recipe.quantization
+    cal_feeds = [{n: b[n] for n in source.input_names} for b in calibration.batches]
+    if variant == "int8-dynamic":
+        result = q.quantize_dynamic_int8(float_path, dest, per_channel=spec.per_channel)
+    elif variant == "int8-static":
+        result = q.quantize_static_int8(float_path, dest, cal_feeds, method=spec.calibration_method,
+                                        per_channel=spec.per_channel)
+    elif variant == "int8-auto":
+        score, threshold, what = _search_score(recipe, float_path, cal_feeds, source)
+        steps.info(f"accuracy-driven search: keep sensitive nodes in float until {what} >= {threshold:g} "
+                   "on the calibration data")
+        result = q.quantize_accuracy_driven(
+            float_path, dest, score=score, threshold=threshold, base=_auto_base(float_path),
+            calibration=cal_feeds, method=spec.calibration_method, per_channel=spec.per_channel,
+            max_float_fraction=spec.max_float_fraction, progress=steps.info,
+        )
+    else:  # pragma: no cover - recipe validation rejects unknown variants
+        raise RecipeError(f"unknown variant {variant}")
+    quant = Quantization(
+        scheme=result.scheme if variant != "int8-auto" else f"{result.scheme}-mixed",
+        weight_dtype="int8",
+        activation_dtype="int8" if result.scheme == "int8-static" else "int8-dynamic",
+        per_channel=result.per_channel,
+        calibration=result.calibration,
+        float_nodes=tuple(result.float_nodes),
+        details={"op_types": list(result.op_types), "search": result.search},
+    )
+    return quant, list(result.notes)
+
+
+def _auto_base(float_path: Path) -> str:
+    """Static QDQ for convolutional graphs (dynamic ConvInteger is slow on CPU), dynamic otherwise."""
+    import onnx
+
+    graph = onnx.load(str(float_path), load_external_data=False).graph
+    return "static" if any(node.op_type == "Conv" for node in graph.node) else "dynamic"
+
+
+def _search_score(recipe: Recipe, float_path: Path, feeds: Feeds,
+                  source: _Source) -> tuple[Callable[[Path], float], float, str]:
+    """Score for the accuracy-driven search: the gate's own metric, on calibration (not evaluation) data."""
+    gate_output = _gate_output(recipe, source.output_names)
+    float_model = device_runtime.load(float_path, device="cpu", warmup=False)
+    reference = np.concatenate([float_model.run(f)[gate_output] for f in feeds])
+    budgets = recipe.budgets_for("int8-auto")
+    if recipe.model.task == "classification":
+        metric, threshold = "top1_agreement", budgets.top1_agreement_min or 0.99
+    else:
+        metric, threshold = "cosine_min", budgets.cosine_min or 0.99
+
+    def score(candidate: Path) -> float:
+        model = device_runtime.load(candidate, device="cpu", warmup=False)
+        out = np.concatenate([model.run(f)[gate_output] for f in feeds])
+        return float(gate.compare(recipe.model.task, reference, out)[metric])
+
+    return score, threshold, metric
+
+
+# --- gate, latency, bundle -------------------------------------------------------------------
+
+def _gate_and_bundle(recipe: Recipe, fmt: str, variant: str, artifact: Path, quant: Quantization, notes: list[str],
+                     source: _Source, evaluation: _data.Dataset, ref_gate: np.ndarray, gate_output: str,
+                     float_row: ArtifactRow | None) -> ArtifactRow:
+    model = device_runtime.load(artifact, device="cpu")
+    try:
+        outputs = [model.run(batch) for batch in evaluation.batches]
+    except Exception as exc:
+        raise DataError(f"{fmt}/{variant} could not run the evaluation data: {exc}") from exc
+    candidate = np.concatenate([o[gate_output] for o in outputs])
+    metrics = gate.compare(recipe.model.task, ref_gate, candidate, evaluation.labels)
+    latency = measure_latency(model, evaluation.batches[0], recipe.latency_batch)
+    size = artifact.stat().st_size
+    row = ArtifactRow(
+        artifact=f"{fmt}/{variant}", format=fmt, variant=variant, bundle="", size_bytes=size,
+        metrics=metrics, latency_ms=latency, budgets={}, notes=list(notes),
+    )
+    large = f"b{recipe.latency_batch}"
+    if float_row is not None:
+        row.size_ratio = float_row.size_bytes / size
+        row.speedup = float_row.latency_ms[large] / latency[large]
+        metrics["speedup"] = row.speedup
+        if row.speedup < 1.0:
+            row.notes.append(
+                f"SLOWER than {float_row.variant} at batch {recipe.latency_batch}: {latency[large]:.2f} ms vs "
+                f"{float_row.latency_ms[large]:.2f} ms ({row.speedup:.2f}×). Prefer another variant on this CPU."
+            )
+    budgets = recipe.budgets_for(variant)
+    row.budgets = {k: v for k, v in budgets.__dict__.items() if v is not None}
+    row.misses = gate.check(row.artifact, metrics, budgets)
+
+    bundle = _write_bundle(recipe, fmt, variant, artifact, model, quant, source, evaluation, row, gate_output)
+    row.bundle = str(bundle.root)
+    return row
+
+
+def measure_latency(model: device_runtime.Model, batch: dict[str, np.ndarray], large: int,
+                    *, budget_s: float = 1.0, min_runs: int = 5) -> dict[str, float]:
+    """Median wall time (ms) of ``model.run`` at batch 1 and at batch ``large`` (tiled from ``batch``)."""
+    n = next(iter(batch.values())).shape[0]
+    reps = -(-large // n)
+    big = {k: np.concatenate([v] * reps)[:large] for k, v in batch.items()}
+    one = {k: v[:1] for k, v in batch.items()}
+    result = {}
+    for label, feed in (("b1", one), (f"b{large}", big)):
+        model.run(feed)
+        times = []
+        deadline = time.perf_counter() + budget_s
+        while len(times) < min_runs or (time.perf_counter() < deadline and len(times) < 200):
+            start = time.perf_counter()
+            model.run(feed)
+            times.append(time.perf_counter() - start)
+        result[label] = 1000.0 * float(np.median(times))
+    return result
+
+
+def _write_bundle(recipe: Recipe, fmt: str, variant: str, artifact: Path, model: device_runtime.Model,
+                  quant: Quantization, source: _Source, evaluation: _data.Dataset, row: ArtifactRow,
+                  gate_output: str) -> Bundle:
+    builder = BundleBuilder()
+    builder.add_file(artifact, "model.onnx", role="model")
+    for extra in source.extra_files:
+        builder.add_file(extra, f"tokenizer/{extra.name}", role="tokenizer")
+    sample_in = {k: v[:2] for k, v in evaluation.batches[0].items()}
+    sample_out = model.run(sample_in)
+    quantized = variant not in FLOAT_VARIANTS
+    scale = max(float(np.abs(v).max()) for v in sample_out.values()) if sample_out else 1.0
+    # Quantized kernels differ slightly between CPUs (VNNI or not): allow 5% of the output range.
+    builder.add_sample(sample_in, sample_out, rtol=0.05 if quantized else 1e-3,
+                       atol=0.05 * scale + 1e-3 if quantized else 1e-4 * max(scale, 1.0))
+    manifest = Manifest(
+        name=recipe.model.name, version=recipe.model.version, format=fmt, task=recipe.model.task,
+        entrypoint="model.onnx", files=(), signature=model.signature, quantization=quant,
+        source=Source(kind=source.kind, digest=source.digest, name=recipe.model.path.name),
+        edgewise_version="",
+        metrics={
+            "gate": {"passed": row.passed, "output": gate_output, "budgets": row.budgets,
+                     "misses": [m.to_dict() for m in row.misses], "eval_data": evaluation.description},
+            "vs_source": row.metrics,
+            "latency_ms": row.latency_ms,
+            "size_ratio_vs_float": row.size_ratio,
+        },
+        requirements=Requirements(backends=("onnxruntime",)),
+        extra={"variant": variant, "notes": row.notes},
+    )
+    dest = recipe.output_dir / f"{recipe.model.name}-{fmt}-{variant}"
+    return builder.write(dest, manifest)
+
+
+def _row_summary(row: ArtifactRow) -> str:
+    m = row.metrics
+    quality = (f"top-1 agreement {100 * m['top1_agreement']:.2f}%" if "top1_agreement" in m
+               else f"cosine min {m['cosine_min']:.5f}")
+    return f"{row.size_bytes / 1e6:.2f} MB, {quality}, gate {'pass' if row.passed else 'FAIL'}"
+
+
+__all__ = ["convert", "load_torch_module", "measure_latency"]

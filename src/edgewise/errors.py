@@ -1,0 +1,135 @@
+"""Every failure edgewise reports, in one tree.
+
+Each leaf is a failure a caller handles differently; each message says what went wrong
+*and what to do next* (``EdgewiseError.hint``). Engine exceptions (onnxruntime, torch,
+onnx, ...) are caught at the boundary and re-raised as one of these with the original
+attached as ``__cause__``, so an app never has to import an engine to handle errors.
+
+    EdgewiseError
+    ├── BundleError                 a bundle on disk is unusable
+    │   ├── BundleNotFoundError     no bundle/manifest at that path
+    │   ├── ManifestError           manifest.json missing fields, wrong types, unknown schema
+    │   └── IntegrityError          a file's size or sha256 differs from the manifest
+    ├── ArtifactError               a model file the engine cannot read (corrupt, truncated, wrong format)
+    ├── RuntimeBackendError         device_runtime could not serve
+    │   ├── BackendUnavailableError the engine for this format is not installed
+    │   ├── PlacementError          the requested device/accelerator cannot run it (strict mode)
+    │   ├── InputError              inputs do not match the model signature (name, dtype, shape)
+    │   └── InferenceError          the engine failed while running
+    ├── ConversionError             a converter could not produce an artifact
+    │   ├── RecipeError             the recipe (TOML) is invalid or names a missing file
+    │   ├── DataError               calibration / evaluation data unusable
+    │   └── GateFailedError         an artifact missed its accuracy budget (carries the table)
+    ├── SyncError                   over-the-air update problems (edgewise.sync)
+    └── FallbackError               cloud routing problems (edgewise.fallback)
+"""
+
+from __future__ import annotations
+
+
+class EdgewiseError(Exception):
+    """Base of every edgewise error.
+
+    ``hint`` tells the user what to try; it is appended to ``str(err)`` so that a CLI or a
+    log line shows it without extra code.
+    """
+
+    default_hint: str = ""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        self.message = message
+        self.hint = hint if hint is not None else self.default_hint
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message}\n  hint: {self.hint}"
+        return self.message
+
+
+class BundleError(EdgewiseError):
+    """A bundle directory cannot be used."""
+
+
+class BundleNotFoundError(BundleError):
+    default_hint = "Pass a bundle directory (it contains manifest.json) or a model file."
+
+
+class ManifestError(BundleError):
+    default_hint = "Re-create the bundle with `edgewise convert`, or fix manifest.json by hand."
+
+
+class IntegrityError(BundleError):
+    """A file's bytes do not match the manifest: corruption, truncation or tampering."""
+
+    default_hint = "Do not use this bundle; fetch or build it again."
+
+    def __init__(self, message: str, *, path: str, expected: str, actual: str, hint: str | None = None):
+        super().__init__(message, hint=hint)
+        self.path = path
+        self.expected = expected
+        self.actual = actual
+
+
+class ArtifactError(EdgewiseError):
+    """The engine cannot parse a model file."""
+
+    default_hint = "The file may be truncated or not a model of this format; re-export it."
+
+
+class RuntimeBackendError(EdgewiseError):
+    """device_runtime could not serve a request."""
+
+
+class BackendUnavailableError(RuntimeBackendError):
+    """The engine needed for a format is not installed here."""
+
+
+class PlacementError(RuntimeBackendError):
+    """The requested device cannot run the model and the caller asked for strict placement."""
+
+    default_hint = "Use device='auto' (or strict=False) to fall back to the CPU, or check `edgewise devices`."
+
+
+class InputError(RuntimeBackendError, ValueError):
+    """Inputs do not match the model's signature."""
+
+    default_hint = "Check the model's signature with `edgewise inspect`."
+
+
+class InferenceError(RuntimeBackendError):
+    """The engine raised while running the model."""
+
+
+class ConversionError(EdgewiseError):
+    """A converter could not produce an artifact."""
+
+
+class RecipeError(ConversionError):
+    default_hint = "See the recipe reference in README.md."
+
+
+class DataError(ConversionError):
+    default_hint = "Calibration and evaluation data must match the model's inputs (names, dtypes, shapes)."
+
+
+class GateFailedError(ConversionError):
+    """One or more artifacts missed an accuracy budget. ``table`` says which, by how much."""
+
+    default_hint = "Relax the budget in the recipe, or choose a less aggressive quantization variant."
+
+    def __init__(self, message: str, *, table: str, failures: list[dict], hint: str | None = None):
+        super().__init__(message, hint=hint)
+        self.table = table
+        self.failures = failures
+
+    def __str__(self) -> str:
+        return f"{self.message}\n{self.table}\n  hint: {self.hint}"
+
+
+class SyncError(EdgewiseError):
+    """Over-the-air update failures (see edgewise.sync)."""
+
+
+class FallbackError(EdgewiseError):
+    """Cloud routing failures (see edgewise.fallback)."""
