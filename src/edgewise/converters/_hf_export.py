@@ -75,12 +75,24 @@ def load_tokenizer(model_dir: Path):
         raise RecipeError(f"cannot load the tokenizer from {model_dir}: {_short(exc)}") from exc
 
 
+def sort_by_length(tokenizer, sentences: Sequence[str]) -> list[str]:
+    """Shortest first (ties by text, so the order is deterministic)."""
+    return sorted(sentences, key=lambda s: (len(tokenizer.tokenize(s)), s))
+
+
 def tokenize_batches(tokenizer, sentences: Sequence[str], *, batch_size: int, max_length: int,
                      input_names: Sequence[str]) -> list[dict[str, np.ndarray]]:
-    """Batches padded to their own longest sentence (what a device does), as int64 feeds."""
+    """Batches of sentences of similar length, padded to their own longest, as int64 feeds.
+
+    Sorted by length first, as sentence-transformers' ``encode`` does: padding costs compute, and
+    with dynamic INT8 (one activation scale per tensor, i.e. per batch) long neighbours and padded
+    positions widen the range that a short sentence is quantized with. Measured on MiniLM: worst
+    sentence cosine 0.988 in mixed batches of 32 vs 0.993 one sentence at a time.
+    """
+    ordered = sort_by_length(tokenizer, sentences)
     batches = []
-    for start in range(0, len(sentences), batch_size):
-        chunk = list(sentences[start:start + batch_size])
+    for start in range(0, len(ordered), batch_size):
+        chunk = ordered[start:start + batch_size]
         encoded = tokenizer(chunk, padding=True, truncation=True, max_length=max_length, return_tensors="np")
         batches.append({name: np.asarray(encoded[name], dtype=np.int64) for name in input_names})
     return batches

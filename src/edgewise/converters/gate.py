@@ -31,6 +31,7 @@ class Budgets:
     cosine_mean_min: float | None = None
     max_abs_error_max: float | None = None
     speedup_min: float | None = None  # vs the float artifact at the report's batch size
+    size_ratio_min: float | None = None  # float artifact size / this artifact's size
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "budgets") -> Budgets:
@@ -58,6 +59,7 @@ _CHECKS = (
     ("cosine_mean", "cosine_mean_min", "min"),
     ("max_abs_error", "max_abs_error_max", "max"),
     ("speedup", "speedup_min", "min"),
+    ("size_ratio", "size_ratio_min", "min"),
 )
 
 

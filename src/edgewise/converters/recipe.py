@@ -5,7 +5,7 @@ milliseconds with the key that is wrong, not after a 10-minute export. Paths are
 to the recipe file. Example::
 
     [model]
-    name = "digits-cnn"
+    name = "digits-mlp"
     version = "1.0.0"
     task = "classification"          # classification | embedding | regression
     source = "pytorch"               # pytorch | onnx | huggingface

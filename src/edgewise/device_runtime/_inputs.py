@@ -33,10 +33,11 @@ def numpy_dtype(name: str) -> np.dtype:
 class InputValidator:
     """Turns user inputs (dict, single array, or sequence) into a checked feed dict."""
 
-    __slots__ = ("_checks", "_names", "_single")
+    __slots__ = ("_checks", "_count", "_names", "_single")
 
     def __init__(self, inputs: Sequence[TensorSpec]) -> None:
         self._names = tuple(spec.name for spec in inputs)
+        self._count = len(self._names)
         self._single = self._names[0] if len(self._names) == 1 else None
         self._checks = tuple(
             (
@@ -50,46 +51,47 @@ class InputValidator:
         )
 
     def __call__(self, inputs: Any) -> dict[str, np.ndarray]:
-        if isinstance(inputs, Mapping):
+        # Hot path (every run call): exact type checks only; isinstance against the Mapping ABC
+        # alone cost ~0.4 µs here. The caller's dict is returned as is when it needs no change.
+        if type(inputs) is dict:
             feed = inputs
-            if len(feed) != len(self._names):
-                self._raise_names(feed)
-        elif isinstance(inputs, np.ndarray) and self._single is not None:
+        elif type(inputs) is np.ndarray and self._single is not None:
             feed = {self._single: inputs}
-        elif isinstance(inputs, list | tuple) and len(inputs) == len(self._names):
-            feed = dict(zip(self._names, inputs, strict=True))
         else:
-            raise InputError(
-                f"inputs must be a dict of {len(self._names)} arrays named {list(self._names)}"
-                + (", or one array" if self._single else "")
-                + f"; got {type(inputs).__name__}"
-            )
-        out: dict[str, np.ndarray] = {}
+            feed = self._coerce(inputs)
+        if len(feed) != self._count:
+            self._raise_names(feed)
         for name, dtype, rank, fixed, spec in self._checks:
-            try:
-                array = feed[name]
-            except KeyError:
-                self._raise_names(feed)
+            array = feed.get(name)
             if type(array) is not np.ndarray:
+                if array is None:
+                    self._raise_names(feed)
                 array = np.asarray(array)
-            if dtype is not None and array.dtype != dtype:
-                raise InputError(
-                    f"input {name!r} has dtype {array.dtype}, the model expects {spec.dtype}",
-                    hint=f"Convert it with array.astype(numpy.{spec.dtype}).",
-                )
-            if array.ndim != rank:
-                raise InputError(
-                    f"input {name!r} has shape {array.shape} ({array.ndim} dims), "
-                    f"the model expects {_shape_text(spec)} ({rank} dims)"
-                )
-            for axis, size in fixed:
-                if array.shape[axis] != size:
-                    raise InputError(
-                        f"input {name!r} has shape {array.shape}, the model expects {_shape_text(spec)} "
-                        f"(dimension {axis} must be {size})"
-                    )
-            out[name] = array
-        return out
+                feed = {**feed, name: array}  # never modify the caller's dict
+            if (dtype is not None and array.dtype != dtype) or array.ndim != rank:
+                _raise_dtype_or_rank(spec, array, rank)
+            if fixed:
+                shape = array.shape
+                for axis, size in fixed:
+                    if shape[axis] != size:
+                        raise InputError(
+                            f"input {name!r} has shape {shape}, the model expects {_shape_text(spec)} "
+                            f"(dimension {axis} must be {size})"
+                        )
+        return feed
+
+    def _coerce(self, inputs: Any) -> dict[str, Any]:
+        if isinstance(inputs, Mapping):
+            return dict(inputs)
+        if isinstance(inputs, np.ndarray) and self._single is not None:
+            return {self._single: inputs}
+        if isinstance(inputs, list | tuple) and len(inputs) == self._count:
+            return dict(zip(self._names, inputs, strict=True))
+        raise InputError(
+            f"inputs must be a dict of {self._count} arrays named {list(self._names)}"
+            + (", or one array" if self._single else "")
+            + f"; got {type(inputs).__name__}"
+        )
 
     def _raise_names(self, feed: Mapping[str, Any]) -> None:
         missing = [n for n in self._names if n not in feed]
@@ -100,6 +102,18 @@ class InputValidator:
         if extra:
             parts.append(f"unexpected {extra}")
         raise InputError(f"input names do not match the model: {', '.join(parts)}; expected {list(self._names)}")
+
+
+def _raise_dtype_or_rank(spec: TensorSpec, array: np.ndarray, rank: int) -> None:
+    if spec.dtype in _NUMPY_DTYPES and array.dtype != numpy_dtype(spec.dtype):
+        raise InputError(
+            f"input {spec.name!r} has dtype {array.dtype}, the model expects {spec.dtype}",
+            hint=f"Convert it with array.astype(numpy.{spec.dtype}).",
+        )
+    raise InputError(
+        f"input {spec.name!r} has shape {array.shape} ({array.ndim} dims), "
+        f"the model expects {_shape_text(spec)} ({rank} dims)"
+    )
 
 
 def _shape_text(spec: TensorSpec) -> str:

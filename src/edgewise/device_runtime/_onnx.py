@@ -98,7 +98,7 @@ class OnnxRuntimeBackend:
 class OnnxSession:
     """One InferenceSession; InferenceSession.run is thread-safe, and so is this."""
 
-    __slots__ = ("_output_names", "_session", "accelerator", "signature")
+    __slots__ = ("_output_names", "_run", "_session", "_single_output", "accelerator", "signature")
 
     def __init__(self, session: ort.InferenceSession, accelerator: str) -> None:
         self._session = session
@@ -108,13 +108,21 @@ class OnnxSession:
             outputs=tuple(_spec(arg) for arg in session.get_outputs()),
         )
         self._output_names = [spec.name for spec in self.signature.outputs]
+        self._single_output = self._output_names[0] if len(self._output_names) == 1 else None
+        # InferenceSession.run (Python) re-checks input names through pybind on every call
+        # (~1-2 µs); edgewise has already validated names, dtypes and shapes, so it calls the
+        # C++ binding underneath when this onnxruntime has it, the public method otherwise.
+        inner = getattr(session, "_sess", None)
+        self._run = inner.run if inner is not None and callable(getattr(inner, "run", None)) else session.run
 
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
-            values = self._session.run(self._output_names, feed)
+            values = self._run(self._output_names, feed, None)
         except Exception as exc:
             raise InferenceError(f"onnxruntime failed to run the model: {_first_line(str(exc))}") from exc
-        return dict(zip(self._output_names, values, strict=True))
+        if self._single_output is not None:
+            return {self._single_output: values[0]}
+        return dict(zip(self._output_names, values, strict=False))
 
     def close(self) -> None:
         self._session = None  # type: ignore[assignment]
