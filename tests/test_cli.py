@@ -76,7 +76,13 @@ def test_errors_never_print_a_traceback(tmp_path):
     """Corrupt model, tampered bundle, missing recipe file: one message, exit 2, no traceback."""
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"\x00garbage" * 100)
+    np.savez(tmp_path / "d.npz", x=np.zeros((4, 2), np.float32))
+    (tmp_path / "corrupt-source.toml").write_text(
+        '[model]\nname = "m"\ntask = "regression"\nsource = "onnx"\npath = "bad.onnx"\n'
+        '[data]\ncalibration = "d.npz"\neval = "d.npz"\n'
+    )
     cases = [
+        (["convert", str(tmp_path / "corrupt-source.toml")], "bad.onnx failed onnx.checker"),
         (["run", str(bad), "--input", str(tmp_path / "x.npy")], "onnxruntime cannot read bad.onnx"),
         (["convert", str(tmp_path / "missing.toml")], "does not exist"),
         (["inspect", str(tmp_path)], "cannot tell the model format"),

@@ -31,11 +31,14 @@ calibration_text = "cal.txt"
 eval_text = "eval.txt"
 [[targets]]
 format = "onnx"
-variants = ["fp32", "int8-dynamic"]
+variants = ["fp32", "int8-dynamic", "int8-auto"]
+[quantization]
+max_float_fraction = 0.05
 [budgets]
-cosine_min = 0.9
+cosine_min = 0.99
+size_ratio_min = 3.5
 """)
-    return convert(load_recipe(folder / "recipe.toml"), progress=False)
+    return convert(load_recipe(folder / "recipe.toml"), progress=False, fail_on_gate=False)
 
 
 def test_fp32_export_matches_sentence_transformers(encoder_report):
@@ -58,8 +61,19 @@ def test_bundle_carries_tokenizer_and_dynamic_signature(encoder_report):
     assert model.run(inputs)["sentence_embedding"].shape == expected["sentence_embedding"].shape
 
 
-def test_int8_is_much_smaller_and_measured(encoder_report):
+def test_plain_int8_is_much_smaller_but_misses_the_cosine_budget(encoder_report):
     int8 = encoder_report.rows[1]
     assert int8.size_ratio >= 3.5
     assert int8.speedup is not None
-    assert 0.9 < int8.metrics["cosine_min"] < 1.0
+    assert 0.9 < int8.metrics["cosine_min"] < 0.99  # per-channel dynamic INT8 alone loses short sentences
+    assert [m.metric for m in int8.misses] == ["cosine_min"]
+
+
+def test_accuracy_driven_int8_meets_the_budget_and_keeps_the_size(encoder_report):
+    auto = encoder_report.rows[2]
+    assert auto.passed, auto.misses
+    assert auto.metrics["cosine_min"] >= 0.99 and auto.size_ratio >= 3.5
+    quant = Bundle.open(auto.bundle).manifest.quantization
+    assert quant.scheme == "int8-dynamic-mixed"
+    assert quant.details["search"]  # every scored configuration is recorded
+    assert any("accuracy-driven" in note for note in auto.notes)
