@@ -34,6 +34,13 @@ def test_strict_gpu_on_a_cpu_machine_is_refused(mlp_onnx):
         device_runtime.load(mlp_onnx, device="gpu", strict=True)
 
 
+def test_gpu_request_on_a_cpu_machine_falls_back_and_says_so(mlp_onnx):
+    model = device_runtime.load(mlp_onnx, device="gpu")
+    assert model.device == "cpu"
+    assert model.placement.fallbacks[0].accelerator == "gpu"
+    assert "no such accelerator" in model.placement.fallbacks[0].reason
+
+
 def test_cpu_only_request(mlp_onnx):
     assert device_runtime.load(mlp_onnx, device="cpu").placement.accelerator == "CPUExecutionProvider"
 

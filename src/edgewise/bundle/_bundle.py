@@ -81,7 +81,10 @@ class Bundle:
         sample = self.manifest.sample
         if sample is None:
             raise ManifestError(f"bundle {self.manifest.name} has no sample input")
-        load = lambda rel: np.load(self.root / rel, allow_pickle=False)  # noqa: E731
+
+        def load(rel: str) -> np.ndarray:
+            return np.load(self.root / rel, allow_pickle=False)
+
         return (
             {name: load(rel) for name, rel in sample.inputs.items()},
             {name: load(rel) for name, rel in sample.outputs.items()},

@@ -11,7 +11,7 @@ import numpy as np
 from edgewise.bundle import Bundle, Signature
 from edgewise.device_runtime._backend import LoadOptions, Session, backend_for
 from edgewise.device_runtime._inputs import InputValidator, synthetic_inputs
-from edgewise.device_runtime._placement import Attempt, Placement, rank
+from edgewise.device_runtime._placement import Attempt, Placement, rank, satisfies
 from edgewise.errors import ArtifactError, BundleNotFoundError, EdgewiseError, PlacementError
 
 _SUFFIX_FORMATS = {".onnx": "onnx", ".ort": "onnx", ".tflite": "tflite", ".gguf": "gguf",
@@ -90,6 +90,8 @@ def load(
     if not candidates:
         raise PlacementError(f"no accelerator of {backend.name} matches device={device!r}")
     failures: list[Attempt] = []
+    if not satisfies(candidates[0], device):
+        failures.append(Attempt(device, f"no such accelerator in {backend.name} on this machine"))
     for accelerator in candidates:
         try:
             session = backend.open(path, accelerator, options)

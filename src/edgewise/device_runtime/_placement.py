@@ -100,6 +100,12 @@ def rank(available: Sequence[Accelerator], requested: str, *, strict: bool = Fal
     return _dedupe([*chosen, *cpu])
 
 
+def satisfies(accelerator: Accelerator, requested: str) -> bool:
+    """Whether running on ``accelerator`` is what ``requested`` asked for (any, for "auto")."""
+    key = requested.strip().lower()
+    return key == "auto" or key == accelerator.kind or key in (accelerator.name.lower(), accelerator.alias.lower())
+
+
 # Names a user may legitimately ask for on a machine that lacks them: without strict they
 # fall back to the CPU instead of failing (the app was written for a device that has one).
 _KNOWN_ACCELERATORS = {
