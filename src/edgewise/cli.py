@@ -1,4 +1,4 @@
-"""``edgewise`` command line: convert, run, inspect, devices, demo.
+"""``edgewise`` command line: convert, run, inspect, devices, keys, publish, rollout, serve, sync, demo.
 
 Exit codes: 0 success; 1 an accuracy gate failed (CI should stop); 2 any other edgewise
 error (message and hint on stderr, no traceback); 130 interrupted.
@@ -67,6 +67,43 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("devices", help="what hardware and backends this machine offers")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_devices)
+
+    p = sub.add_parser("keys", help="generate ed25519 signing keys for an update repository")
+    p.add_argument("keys_dir", type=Path)
+    p.add_argument("--root", type=int, default=3, help="root keys (default 3; threshold 2)")
+    p.add_argument("--targets", type=int, default=3, help="targets keys (default 3; threshold 2)")
+    p.set_defaults(handler=_keys)
+
+    p = sub.add_parser("publish", help="publish a bundle to a TUF update repository (created if missing)")
+    p.add_argument("bundle", type=Path)
+    p.add_argument("--repo", type=Path, required=True, help="repository directory (plain files)")
+    p.add_argument("--keys", type=Path, required=True, help="directory made by `edgewise keys`")
+    p.add_argument("--channel", default="stable")
+    p.add_argument("--rollout", type=float, default=100.0, help="percent of devices (default 100)")
+    p.set_defaults(handler=_publish)
+
+    p = sub.add_parser("rollout", help="change the rollout percentage of a published release")
+    p.add_argument("model")
+    p.add_argument("percent", type=float)
+    p.add_argument("--repo", type=Path, required=True)
+    p.add_argument("--keys", type=Path, required=True)
+    p.add_argument("--channel", default="stable")
+    p.set_defaults(handler=_rollout)
+
+    p = sub.add_parser("serve", help="serve a repository directory over HTTP on 127.0.0.1 (for local use)")
+    p.add_argument("repo", type=Path)
+    p.set_defaults(handler=_serve)
+
+    p = sub.add_parser("sync", help="check for, download, verify and install a model update on this device")
+    p.add_argument("model")
+    p.add_argument("--repo", required=True, help="repository URL")
+    p.add_argument("--store", type=Path, required=True, help="this device's model store")
+    p.add_argument("--trusted-root", type=Path, help="the repository's trusted_root.json (first sync only)")
+    p.add_argument("--channel", default="stable")
+    p.add_argument("--device-id", default="", help="stable id for rollout cohorts (default: this host's name)")
+    p.add_argument("--check", action="store_true", help="only say whether an update applies")
+    p.add_argument("--rollback", action="store_true", help="switch back to the previous version")
+    p.set_defaults(handler=_sync)
 
     p = sub.add_parser("demo", help="the main job end to end on a real model and data set (no download)")
     p.add_argument("--out", type=Path, default=Path("edgewise-demo"))
@@ -212,6 +249,72 @@ def _devices(args: argparse.Namespace) -> int:
             continue
         accs = ", ".join(f"{a.alias} ({a.kind}{'' if a.auto else ', on request'})" for a in b.accelerators)
         print(f"| {b.format} | {b.backend} | {b.version} | {accs} |")
+    return 0
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from edgewise.sync._keys import generate_keys
+
+    generate_keys(args.keys_dir, root=args.root, targets=args.targets)
+    print(f"keys written to {args.keys_dir} (keep the root and targets keys offline)")
+    return 0
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from edgewise.sync.publisher import Publisher
+
+    if not (args.repo / "metadata").is_dir():
+        publisher = Publisher.init(args.repo, args.keys)
+        print(f"initialised repository {args.repo}; ship {publisher.trusted_root} with your app")
+    else:
+        publisher = Publisher(args.repo, args.keys)
+    release = publisher.publish(args.bundle, channel=args.channel, rollout=args.rollout)
+    print(f"published {release.model} {release.version} on {release.channel} at {release.rollout:g} % "
+          f"({release.archive_length} bytes, target {release.archive})")
+    return 0
+
+
+def _rollout(args: argparse.Namespace) -> int:
+    from edgewise.sync.publisher import Publisher
+
+    release = Publisher(args.repo, args.keys).set_rollout(args.model, args.channel, args.percent)
+    print(f"{release.model} {release.version} on {release.channel}: rollout {release.rollout:g} %")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import time
+
+    from edgewise.sync.devserver import RepoServer
+
+    with RepoServer(args.repo) as server:
+        print(f"serving {args.repo} at {server.url} (Ctrl-C to stop)", flush=True)
+        while True:
+            time.sleep(3600)
+
+
+def _sync(args: argparse.Namespace) -> int:
+    import socket
+
+    from edgewise.sync import DeviceProfile, SyncClient
+
+    device = DeviceProfile(device_id=args.device_id or socket.gethostname())
+    client = SyncClient(args.repo, args.store, device, trusted_root=args.trusted_root)
+    if args.rollback:
+        installed = client.rollback(args.model)
+        print(f"{args.model}: rolled back to {installed.version}")
+        return 0
+    if args.check:
+        check = client.check(args.model, args.channel)
+        print(f"{args.model} on {args.channel}: installed {check.installed or 'nothing'}, "
+              f"published {check.release.version if check.release else 'nothing'}; {check.decision.reason}")
+        return 0
+    result = client.update(args.model, args.channel)
+    if result.updated:
+        print(f"{args.model}: installed {result.installed.version} (previous {result.installed.previous}); "
+              f"{result.downloaded_bytes} bytes downloaded and verified")
+    else:
+        print(f"{args.model}: no update ({result.reason})")
     return 0
 
 

@@ -21,6 +21,10 @@ attached as ``__cause__``, so an app never has to import an engine to handle err
     │   ├── DataError               calibration / evaluation data unusable
     │   └── GateFailedError         an artifact missed its accuracy budget (carries the table)
     ├── SyncError                   over-the-air update problems (edgewise.sync)
+    │   ├── RepositoryUnreachableError  the update server cannot be reached or answers with an HTTP error
+    │   ├── SlowRetrievalError      the server sends too slowly (a stalled or trickling connection)
+    │   ├── UntrustedMetadataError  TUF refused the metadata: bad signatures, expired, rolled back, ...
+    │   └── ArtifactVerificationError  a downloaded file's length or hash differs from signed metadata
     └── FallbackError               cloud routing problems (edgewise.fallback)
 """
 
@@ -129,6 +133,33 @@ class GateFailedError(ConversionError):
 
 class SyncError(EdgewiseError):
     """Over-the-air update failures (see edgewise.sync)."""
+
+
+class RepositoryUnreachableError(SyncError):
+    default_hint = "Check the repository URL and the network; the installed model keeps serving."
+
+    def __init__(self, message: str, *, status_code: int | None = None, hint: str | None = None):
+        super().__init__(message, hint=hint)
+        self.status_code = status_code
+
+
+class SlowRetrievalError(SyncError):
+    default_hint = "The server or network is too slow (or hostile); retry later. The installed model keeps serving."
+
+
+class UntrustedMetadataError(SyncError):
+    """TUF verification refused the repository's metadata. ``kind`` is the TUF failure name
+    (``ExpiredMetadataError``, ``UnsignedMetadataError``, ``BadVersionNumberError``, ...)."""
+
+    default_hint = "Do not trust this repository state; the installed model keeps serving. Tell the publisher."
+
+    def __init__(self, message: str, *, kind: str, hint: str | None = None):
+        super().__init__(message, hint=hint)
+        self.kind = kind
+
+
+class ArtifactVerificationError(SyncError):
+    default_hint = "The download was corrupted or tampered with and was discarded; the installed model keeps serving."
 
 
 class FallbackError(EdgewiseError):

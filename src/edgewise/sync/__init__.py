@@ -1,9 +1,33 @@
 """Over-the-air model updates on The Update Framework (python-tuf).
 
-Planned surface (see the project's sync issue): a publisher that writes a TUF repository of
-bundles, and a device client that checks, verifies, installs atomically and rolls back.
-It moves ``edgewise.bundle.Bundle`` directories and runs their stored ``sample`` after install.
-Nothing is implemented yet; importing this package is safe.
+Publisher side (CI): ``generate_keys`` and ``Publisher`` write a TUF repository of bundle releases
+(plain files; any static server serves it). Device side: ``SyncClient`` checks a channel, decides
+with a deterministic rollout cohort whether the release applies, downloads with resume, verifies
+against the signed metadata, and installs into a ``ModelStore``: atomic switch, previous version
+kept, automatic rollback when the new model fails its post-install check or fails to load.
+
+Trust comes from python-tuf's ``Updater`` (signatures, thresholds, versions, expiry): edgewise adds
+policy and the crash-safe install, no cryptography of its own.
 """
 
-__all__: list[str] = []
+from edgewise.sync._keys import generate_keys
+from edgewise.sync._release import Release
+from edgewise.sync._rollout import Decision, DeviceProfile, cohort, decide
+from edgewise.sync.client import SyncClient, UpdateCheck, UpdateResult
+from edgewise.sync.publisher import Publisher
+from edgewise.sync.store import Installed, ModelStore
+
+__all__ = [
+    "Decision",
+    "DeviceProfile",
+    "Installed",
+    "ModelStore",
+    "Publisher",
+    "Release",
+    "SyncClient",
+    "UpdateCheck",
+    "UpdateResult",
+    "cohort",
+    "decide",
+    "generate_keys",
+]

@@ -1,0 +1,201 @@
+"""The device side of sync: check for a release, download and verify it, install it safely.
+
+Trust comes from python-tuf's ``Updater`` alone: it verifies the chain root -> timestamp ->
+snapshot -> targets (signatures, thresholds, versions, expiry) and gives us signed length and
+hashes for each file. Everything edgewise adds is policy around it: whether a release applies to
+this device (``_rollout.decide``), when to download (the host app's hook), resumable transfer,
+and the atomic install with rollback (``store.ModelStore``). Any failure leaves the installed
+model untouched and raises one of the SyncError leaves of ``edgewise.errors``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from tuf.api import exceptions as tuf_exc
+from tuf.api.metadata import TargetFile
+from tuf.ngclient import Updater, UpdaterConfig
+
+from edgewise.errors import (
+    ArtifactVerificationError,
+    RepositoryUnreachableError,
+    SlowRetrievalError,
+    SyncError,
+    UntrustedMetadataError,
+)
+from edgewise.sync._fetcher import HttpxFetcher, Progress
+from edgewise.sync._release import Release, release_target_path
+from edgewise.sync._rollout import Decision, DeviceProfile, decide
+from edgewise.sync.store import Installed, ModelStore
+
+
+@dataclass(frozen=True)
+class UpdateCheck:
+    """The answer of ``check``: what is published, what is installed, and whether to update."""
+
+    model: str
+    channel: str
+    release: Release | None
+    installed: str | None
+    decision: Decision
+
+
+@dataclass(frozen=True)
+class UpdateResult:
+    check: UpdateCheck
+    updated: bool
+    installed: Installed | None
+    reason: str
+    downloaded_bytes: int = 0
+
+
+class SyncClient:
+    """Keeps one device's models in step with a TUF repository served over HTTP(S).
+
+    ``trusted_root`` is the repository's initial root metadata, shipped with the app (the only
+    thing trusted without verification). ``download_allowed`` lets the host app defer downloads
+    (metered network, low battery): it receives the release and returns False to wait.
+    """
+
+    def __init__(self, repo_url: str, store: ModelStore | Path, device: DeviceProfile, *,
+                 trusted_root: Path | bytes | None = None, fetcher: HttpxFetcher | None = None,
+                 download_allowed: Callable[[Release], bool] | None = None, progress: Progress | None = None,
+                 config: UpdaterConfig | None = None) -> None:
+        self.store = store if isinstance(store, ModelStore) else ModelStore(Path(store))
+        self.device = device
+        self.repo_url = repo_url.rstrip("/")
+        self.fetcher = fetcher or HttpxFetcher()
+        self.download_allowed = download_allowed
+        self.progress = progress
+        self.config = config or UpdaterConfig()
+        self._metadata_dir = self.store.root / "tuf"
+        self._metadata_dir.mkdir(parents=True, exist_ok=True)
+        self._downloads = self.store.root / "downloads"
+        self._downloads.mkdir(parents=True, exist_ok=True)
+        if trusted_root is not None:
+            data = trusted_root if isinstance(trusted_root, bytes) else Path(trusted_root).read_bytes()
+            if not (self._metadata_dir / "root.json").exists():
+                (self._metadata_dir / "root.json").write_bytes(data)
+        if not (self._metadata_dir / "root.json").exists():
+            raise SyncError("no trusted root metadata for this repository",
+                            hint="Pass trusted_root= (the repository's trusted_root.json shipped with the app).")
+
+    # --- public ---------------------------------------------------------------------------
+
+    def check(self, model: str, channel: str = "stable") -> UpdateCheck:
+        """Refresh the signed metadata and decide whether ``model``'s release on ``channel`` applies."""
+        with _mapped_errors(self.repo_url):
+            updater = self._updater()
+            updater.refresh()
+            return self._check(updater, model, channel)
+
+    def update(self, model: str, channel: str = "stable") -> UpdateResult:
+        """Check, then download (resuming), verify, install and switch; the old model stays until then."""
+        with _mapped_errors(self.repo_url):
+            updater = self._updater()
+            updater.refresh()
+            check = self._check(updater, model, channel)
+            if check.release is None or not check.decision.apply:
+                return UpdateResult(check, False, self.store.current(model), check.decision.reason)
+            release = check.release
+            if self.download_allowed is not None and not self.download_allowed(release):
+                return UpdateResult(check, False, self.store.current(model), "the host app deferred the download")
+            archive, received = self._fetch_archive(updater, release)
+        installed = self.store.install_archive(archive, expected_model=model, expected_version=release.version)
+        archive.unlink(missing_ok=True)
+        return UpdateResult(check, True, installed, check.decision.reason, downloaded_bytes=received)
+
+    def fetch(self, model: str, channel: str = "stable") -> tuple[Release, Path, int]:
+        """Download and verify the published archive without installing it (prefetch on a good network).
+
+        Returns the release, the verified archive in the store's downloads folder, and the bytes
+        received by this call; a later ``update`` finds the file complete and does not fetch again.
+        """
+        with _mapped_errors(self.repo_url):
+            updater = self._updater()
+            updater.refresh()
+            check = self._check(updater, model, channel)
+            if check.release is None:
+                raise SyncError(check.decision.reason)
+            archive, received = self._fetch_archive(updater, check.release)
+            return check.release, archive, received
+
+    def rollback(self, model: str) -> Installed:
+        return self.store.rollback(model)
+
+    # --- internals ------------------------------------------------------------------------
+
+    def _updater(self) -> Updater:
+        return Updater(
+            metadata_dir=str(self._metadata_dir),
+            metadata_base_url=f"{self.repo_url}/metadata/",
+            target_base_url=f"{self.repo_url}/targets/",
+            target_dir=str(self._downloads),
+            fetcher=self.fetcher,
+            config=self.config,
+            bootstrap=None,
+        )
+
+    def _check(self, updater: Updater, model: str, channel: str) -> UpdateCheck:
+        current = self.store.current(model)
+        installed = current.version if current else None
+        info = updater.get_targetinfo(release_target_path(channel, model))
+        if info is None:
+            return UpdateCheck(model, channel, None, installed,
+                               Decision(False, f"no release of {model} on channel {channel!r}"))
+        with tempfile.TemporaryDirectory(dir=self._downloads) as tmp:
+            path = updater.download_target(info, filepath=str(Path(tmp) / "release.json"))
+            release = Release.from_json(Path(path).read_bytes())
+        if release.model != model:
+            raise UntrustedMetadataError(f"release record for {model} describes {release.model}", kind="WrongRelease")
+        bad = {v for v in self.store.versions(model) if self.store.is_bad(model, v)}
+        return UpdateCheck(model, channel, release, installed, decide(release, self.device, installed=installed,
+                                                                      bad_versions=bad))
+
+    def _fetch_archive(self, updater: Updater, release: Release) -> tuple[Path, int]:
+        target = updater.get_targetinfo(release.archive)
+        if target is None:
+            raise UntrustedMetadataError(f"release {release.version} names {release.archive}, which the signed "
+                                         "targets metadata does not list", kind="MissingTarget")
+        return self._download(target, release.model, release.version)
+
+    def _download(self, target: TargetFile, model: str, version: str) -> tuple[Path, int]:
+        """Resumable download into downloads/, verified against the TUF-signed length and hashes."""
+        digest = next(iter(target.hashes.values()))
+        directory, _, name = target.path.rpartition("/")
+        url = f"{self.repo_url}/targets/{directory}/{digest}.{name}" if directory else \
+            f"{self.repo_url}/targets/{digest}.{name}"
+        part = self._downloads / f"{model}-{version}-{digest[:16]}.tar.part"
+        try:
+            received = self.fetcher.download_resumable(url, part, length=target.length, hashes=dict(target.hashes),
+                                                       progress=self.progress)
+        except tuf_exc.LengthOrHashMismatchError as exc:
+            raise ArtifactVerificationError(f"{target.path} does not match its signed length/hashes: {exc}") from exc
+        return part, received
+
+
+@contextlib.contextmanager
+def _mapped_errors(repo_url: str) -> Iterator[None]:
+    """python-tuf and httpx exceptions -> the SyncError leaf a caller can act on."""
+    try:
+        yield
+    except SyncError:
+        raise
+    except tuf_exc.SlowRetrievalError as exc:
+        raise SlowRetrievalError(f"{repo_url}: {exc}") from exc
+    except tuf_exc.DownloadHTTPError as exc:
+        raise RepositoryUnreachableError(f"{repo_url}: {exc}", status_code=exc.status_code) from exc
+    except tuf_exc.DownloadLengthMismatchError as exc:
+        raise ArtifactVerificationError(f"{repo_url}: {exc}") from exc
+    except tuf_exc.LengthOrHashMismatchError as exc:
+        raise ArtifactVerificationError(f"{repo_url}: {exc}") from exc
+    except tuf_exc.RepositoryError as exc:
+        raise UntrustedMetadataError(f"{repo_url}: {type(exc).__name__}: {exc}", kind=type(exc).__name__) from exc
+    except (tuf_exc.DownloadError, httpx.TransportError) as exc:
+        cause = exc.__cause__ or exc
+        raise RepositoryUnreachableError(f"{repo_url}: {type(cause).__name__}: {cause}") from exc

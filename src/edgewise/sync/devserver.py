@@ -1,0 +1,123 @@
+"""A small static HTTP server with Range support, for local repositories, demos and tests.
+
+A TUF repository is plain files, so production serves it from any static server or object store.
+This one serves a directory on 127.0.0.1 (``edgewise demo`` and the tests start it in-process) and
+can inject faults, so tests exercise the client against a real server rather than a mocked
+transport: trickle (slow retrieval), extra bytes after a file (endless data), a connection cut after
+N bytes (interrupted download), and a count of body bytes sent per path (resume must not re-fetch).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+_RANGE = re.compile(r"bytes=(\d+)-(\d*)$")
+
+
+@dataclass
+class Faults:
+    trickle_s: float = 0.0  # delay between 1-byte writes (0 = off)
+    trickle_match: str = ""  # only paths containing this
+    extra_bytes: int = 0  # appended after the real file
+    extra_match: str = ""
+    cut_after: int | None = None  # close the connection after this many body bytes
+    cut_match: str = ""
+    sent: dict[str, int] = field(default_factory=dict)  # path -> body bytes sent
+    requests: list[tuple[str, str]] = field(default_factory=list)  # (path, Range header)
+
+
+class RepoServer:
+    """``with RepoServer(repo_dir) as server: ... server.url ...`` (a free port on 127.0.0.1)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.faults = Faults()
+        handler = _make_handler(self)
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> RepoServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+def _make_handler(server: RepoServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:  # quiet test output
+            pass
+
+        def do_GET(self) -> None:
+            faults = server.faults
+            rel = unquote(urlparse(self.path).path).lstrip("/")
+            path = (server.root / rel).resolve()
+            faults.requests.append((rel, self.headers.get("Range", "")))
+            if server.root.resolve() not in path.parents or not path.is_file():
+                self.send_error(404)
+                return
+            size = path.stat().st_size
+            extra = faults.extra_bytes if faults.extra_bytes and faults.extra_match in rel else 0
+            total = size + extra
+            start, end, status = 0, total - 1, 200
+            match = _RANGE.match(self.headers.get("Range", ""))
+            if match:
+                start = int(match.group(1))
+                end = min(int(match.group(2)), total - 1) if match.group(2) else total - 1
+                if start >= total:
+                    self.send_error(416)
+                    return
+                status = 206
+            self.send_response(status)
+            self.send_header("Content-Length", str(end - start + 1))
+            self.send_header("Accept-Ranges", "bytes")
+            if status == 206:
+                self.send_header("Content-Range", f"bytes {start}-{end}/{total}")
+            self.end_headers()
+            limit = faults.cut_after if faults.cut_after is not None and faults.cut_match in rel else None
+            trickle = faults.trickle_s if faults.trickle_s and faults.trickle_match in rel else 0.0
+            sent = 0
+            try:
+                for chunk in _body(path, size, start, end, step=1 if trickle else 1 << 20):
+                    if limit is not None and sent + len(chunk) > limit:
+                        self.wfile.write(chunk[: max(0, limit - sent)])
+                        sent = limit
+                        self.close_connection = True
+                        break
+                    self.wfile.write(chunk)
+                    sent += len(chunk)
+                    if trickle:
+                        self.wfile.flush()
+                        time.sleep(trickle)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            finally:
+                faults.sent[rel] = faults.sent.get(rel, 0) + sent
+
+    return Handler
+
+
+def _body(path: Path, size: int, start: int, end: int, *, step: int) -> Iterator[bytes]:
+    """Bytes ``start..end`` of the file followed by zero padding past its end (the endless-data fault)."""
+    with open(path, "rb") as handle:
+        handle.seek(min(start, size))
+        position = start
+        while position <= end:
+            want = min(step, end - position + 1)
+            chunk = handle.read(want) if position < size else b""
+            chunk += b"\0" * (want - len(chunk))
+            yield chunk
+            position += want
