@@ -142,3 +142,4 @@ class _Digests:
 
     def match(self) -> bool:
         return all(self._running[name].hexdigest() == value for name, value in self._expected.items())
+

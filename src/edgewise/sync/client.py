@@ -11,7 +11,6 @@ model untouched and raises one of the SyncError leaves of ``edgewise.errors``.
 from __future__ import annotations
 
 import contextlib
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,9 +147,12 @@ class SyncClient:
         if info is None:
             return UpdateCheck(model, channel, None, installed,
                                Decision(False, f"no release of {model} on channel {channel!r}"))
-        with tempfile.TemporaryDirectory(dir=self._downloads) as tmp:
-            path = updater.download_target(info, filepath=str(Path(tmp) / "release.json"))
-            release = Release.from_json(Path(path).read_bytes())
+        # Kept per channel and model; ngclient re-verifies the cached copy against the signed hashes and
+        # only downloads when the record changed (a no-op check then costs no download).
+        cached = self._downloads / "releases" / channel / f"{model}.json"
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        path = updater.find_cached_target(info, str(cached)) or updater.download_target(info, str(cached))
+        release = Release.from_json(Path(path).read_bytes())
         if release.model != model:
             raise UntrustedMetadataError(f"release record for {model} describes {release.model}", kind="WrongRelease")
         bad = {v for v in self.store.versions(model) if self.store.is_bad(model, v)}
