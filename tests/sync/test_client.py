@@ -241,3 +241,31 @@ def test_interrupted_download_resumes_without_refetching(repo, server, installed
     sent = sum(v for k, v in server.faults.sent.items() if k.startswith("targets/models/"))
     assert sent == size - have == result.downloaded_bytes  # only the missing bytes crossed the network
     assert not part.exists()
+
+
+def test_disk_full_during_download_is_a_clear_error(repo, server, installed):
+    """A write that fails (here: a 1 MiB file-size limit on the process, EFBIG) while the 3 MiB update
+    downloads: a SyncError naming local storage, and the installed model still serves."""
+    import subprocess
+    import sys
+
+    publish(repo, "1.2.0")
+    code = f"""
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+from edgewise.errors import SyncError
+from edgewise.sync import DeviceProfile, SyncClient
+client = SyncClient({server.url!r}, {str(installed.store.root)!r}, DeviceProfile("device-1"))
+try:
+    client.update("digits")
+except SyncError as exc:
+    print(str(exc).splitlines()[0])
+    sys.exit(3)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 3, result.stderr
+    assert "cannot write the update to local storage" in result.stdout
+    assert_serving(installed, "1.0.0")
+    assert installed.update("digits").updated  # with space again, the update completes
+    assert_serving(installed, "1.2.0")

@@ -201,3 +201,7 @@ def _mapped_errors(repo_url: str) -> Iterator[None]:
     except (tuf_exc.DownloadError, httpx.TransportError) as exc:
         cause = exc.__cause__ or exc
         raise RepositoryUnreachableError(f"{repo_url}: {type(cause).__name__}: {cause}") from exc
+    except OSError as exc:  # local storage: disk full, file too large, read-only, permissions
+        raise SyncError(f"cannot write the update to local storage: {exc}",
+                        hint="Free disk space on the device (or fix the store's permissions) and retry; "
+                             "the installed model keeps serving.") from exc
