@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from edgewise import device_runtime
-from edgewise.bundle import BundleBuilder, Manifest, Quantization, Source
+from edgewise.demo.bundles import SAMPLE_X, make_bundle
 from edgewise.errors import SyncError
 from edgewise.sync._archive import pack_bundle
 from edgewise.sync.store import (
@@ -25,7 +25,6 @@ from edgewise.sync.store import (
 torch = pytest.importorskip("torch")
 
 MODEL = "mlp"
-SAMPLE_X = np.linspace(-1, 1, 8, dtype=np.float32).reshape(2, 4)
 
 
 @dataclass(frozen=True)
@@ -41,27 +40,9 @@ class Release:
 def build_release(
     folder: Path, version: str, *, seed: int, name: str = MODEL, wrong_sample: bool = False, padding: int = 0,
 ) -> Release:
-    """Export a small MLP, bundle it with its sample (or a deliberately wrong one), pack the archive."""
-    from edgewise.converters._torch_export import export_torch_to_onnx
-
-    torch.manual_seed(seed)
-    module = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
-    onnx_path = folder / f"{name}-{version}.onnx"
-    export_torch_to_onnx(module, [np.zeros((2, 4), np.float32)], onnx_path, input_names=["x"], output_names=["y"])
-    model = device_runtime.load(onnx_path)
-    expected = model.run({"x": SAMPLE_X})["y"]
-    stored = expected + 1.0 if wrong_sample else expected
-    builder = BundleBuilder()
-    builder.add_file(onnx_path, "model.onnx")
-    builder.add_sample({"x": SAMPLE_X}, {"y": stored})
-    if padding:
-        builder.add_bytes(np.random.default_rng(seed).bytes(padding), "extra/padding.bin", role="extra")
-    manifest = Manifest(
-        name=name, version=version, format="onnx", task="regression", entrypoint="model.onnx", files=(),
-        signature=model.signature, quantization=Quantization(), source=Source("onnx", "sha256:" + "0" * 64),
-        edgewise_version="",
-    )
-    bundle = builder.write(folder / f"bundle-{name}-{version}", manifest).root
+    """A small MLP bundle (its sample deliberately wrong if asked) and its packed archive."""
+    bundle = make_bundle(folder, name, version, seed=seed, padding_bytes=padding, wrong_sample=wrong_sample)
+    expected = device_runtime.load(bundle / "model.onnx").run({"x": SAMPLE_X})["y"]
     archive = pack_bundle(bundle, folder / f"{name}-{version}.tar")
     return Release(version, bundle, archive, expected)
 

@@ -9,9 +9,16 @@ import numpy as np
 from edgewise import device_runtime
 from edgewise.bundle import BundleBuilder, Manifest, Quantization, Source
 
+SAMPLE_X = np.linspace(-1, 1, 8, dtype=np.float32).reshape(2, 4)  # the stored sample input of every such bundle
 
-def make_bundle(folder: Path, name: str, version: str, *, seed: int, padding_bytes: int = 0) -> Path:
-    """A tiny ONNX regression model as a verified bundle, optionally padded to a given size."""
+
+def make_bundle(folder: Path, name: str, version: str, *, seed: int, padding_bytes: int = 0,
+                wrong_sample: bool = False) -> Path:
+    """A tiny ONNX regression model as a verified bundle, optionally padded to a given size.
+
+    ``wrong_sample`` stores an expected output the model does not produce: a bundle that is intact
+    on disk but must fail the post-install check.
+    """
     import torch
 
     from edgewise.converters._torch_export import export_torch_to_onnx
@@ -21,10 +28,10 @@ def make_bundle(folder: Path, name: str, version: str, *, seed: int, padding_byt
     onnx_path = folder / f"{name}-{version}.onnx"
     export_torch_to_onnx(module, [np.zeros((2, 4), np.float32)], onnx_path, input_names=["x"], output_names=["y"])
     model = device_runtime.load(onnx_path)
-    x = np.linspace(-1, 1, 8, dtype=np.float32).reshape(2, 4)
+    expected = model.run({"x": SAMPLE_X})["y"]
     builder = BundleBuilder()
     builder.add_file(onnx_path, "model.onnx")
-    builder.add_sample({"x": x}, model.run({"x": x}))
+    builder.add_sample({"x": SAMPLE_X}, {"y": expected + 1.0 if wrong_sample else expected})
     if padding_bytes:
         builder.add_bytes(np.random.default_rng(seed).bytes(padding_bytes), "extra/padding.bin", role="extra")
     manifest = Manifest(
