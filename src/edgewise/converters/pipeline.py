@@ -13,7 +13,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +42,11 @@ class _Source:
     export: Callable[[Path, Feeds], None]
     extra_files: list[Path]
     tokenizer: object | None = None
+    module: object | None = None  # the torch module, for PyTorch sources (teacher of a distillation)
+
+    @property
+    def params(self) -> int | None:
+        return sum(p.numel() for p in self.module.parameters()) if self.module is not None else None
 
 
 def convert(recipe: Recipe | str | Path, *, progress: bool = True, fail_on_gate: bool = True) -> ConversionReport:
@@ -53,7 +58,7 @@ def convert(recipe: Recipe | str | Path, *, progress: bool = True, fail_on_gate:
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
     variants = [(t.format, v) for t in recipe.targets for v in t.variants]
-    steps = Progress(total=3 + 2 * len(variants), enabled=progress)
+    steps = Progress(total=3 + 2 * len(variants) + (3 if recipe.distill else 0), enabled=progress)
     report = ConversionReport(
         model=recipe.model.name, version=recipe.model.version, task=recipe.model.task,
         source=f"{recipe.model.source} {recipe.model.path.name}", eval_data="", latency_batch=recipe.latency_batch,
@@ -71,9 +76,26 @@ def convert(recipe: Recipe | str | Path, *, progress: bool = True, fail_on_gate:
             reference = source.run(evaluation.batches)
         gate_output = _gate_output(recipe, source.output_names)
         ref_gate = np.concatenate([r[gate_output] for r in reference])
+        float_row: ArtifactRow | None = None  # sizes and speed-ups are relative to this row
+        if recipe.distill is not None:
+            teacher = source
+            with steps.step("distill a student from the teacher"):
+                source = _distill_student(recipe, teacher, steps)
+            # The teacher's own export, gated for parity, heads the table: what the student is measured against.
+            path = work / "teacher" / "model.onnx"
+            path.parent.mkdir(parents=True)
+            with steps.step("build onnx/teacher-fp32"):
+                teacher.export(path, calibration.batches)
+            with steps.step("gate and bundle onnx/teacher-fp32"):
+                float_quant = Quantization(scheme="none", weight_dtype="float32", activation_dtype="float32")
+                float_row = _gate_and_bundle(
+                    recipe, "onnx", "teacher-fp32", path, float_quant, [], teacher, evaluation, ref_gate, gate_output,
+                    None, budgets=gate.default_budgets(recipe.model.task, quantized=False),
+                    name=f"{recipe.model.name}-teacher",
+                )
+                report.rows.append(float_row)
 
         float_path: Path | None = None
-        float_row: ArtifactRow | None = None
         for fmt, variant in variants:
             artifact_path = work / f"{fmt}-{variant}" / "model.onnx"
             artifact_path.parent.mkdir(parents=True)
@@ -91,7 +113,7 @@ def convert(recipe: Recipe | str | Path, *, progress: bool = True, fail_on_gate:
                     recipe, fmt, variant, artifact_path, quant, notes, source, evaluation, ref_gate, gate_output,
                     float_row,
                 )
-                if variant in FLOAT_VARIANTS:
+                if variant in FLOAT_VARIANTS and recipe.distill is None:
                     float_row = row
                 report.rows.append(row)
                 steps.info(f"{row.artifact}: {_row_summary(row)}")
@@ -116,11 +138,11 @@ def _load_source(recipe: Recipe, work: Path) -> _Source:
     return _hf_source(recipe, work)
 
 
-def _pytorch_source(recipe: Recipe) -> _Source:
+def _pytorch_source(recipe: Recipe, module=None) -> _Source:
     from edgewise.converters._torch_export import export_torch_to_onnx, run_torch, torch_module_digest
 
     spec = recipe.model
-    module = load_torch_module(spec.path, spec.factory, spec.weights)
+    module = module if module is not None else load_torch_module(spec.path, spec.factory, spec.weights)
     names_in, names_out = spec.input_names, spec.output_names
 
     def export(dest: Path, calibration: Feeds) -> None:
@@ -130,7 +152,7 @@ def _pytorch_source(recipe: Recipe) -> _Source:
 
     return _Source(
         kind="pytorch", digest=torch_module_digest(module), input_names=names_in, output_names=names_out,
-        run=lambda feeds: run_torch(module, feeds, names_in, names_out), export=export, extra_files=[],
+        run=lambda feeds: run_torch(module, feeds, names_in, names_out), export=export, extra_files=[], module=module,
     )
 
 
@@ -203,6 +225,50 @@ def _hf_source(recipe: Recipe, work: Path) -> _Source:
         output_names=names_out, run=lambda feeds: [reference.run(f, names_out) for f in feeds], export=export,
         extra_files=tokenizer_files(spec.path), tokenizer=tokenizer,
     )
+
+
+# --- distillation ----------------------------------------------------------------------------
+
+def _distill_student(recipe: Recipe, teacher: _Source, steps: Progress) -> _Source:
+    """Train the student on the transfer data; the returned source is the student (teacher attached)."""
+    from edgewise.converters import distill as d
+
+    spec = recipe.distill
+    assert spec is not None and teacher.module is not None
+    transfer, labels = _transfer_data(recipe, teacher.input_names)
+    if spec.student == "preset":
+        student = d.student_preset(teacher.module, width=spec.width, depth=spec.depth)
+    else:
+        assert spec.student_path is not None
+        student = load_torch_module(spec.student_path, spec.student_factory, None).train()
+    config = d.DistillConfig(
+        task="classification" if recipe.model.task == "classification" else "embedding",
+        temperature=spec.temperature, alpha=spec.alpha, epochs=spec.epochs, batch_size=spec.batch_size,
+        lr=spec.lr, patience=spec.patience, seed=spec.seed,
+        # Keyed by the teacher's weights: a retrained teacher never resumes an old student.
+        checkpoint=recipe.output_dir / f"{recipe.model.name}-distill-{teacher.digest.split(':')[-1][:12]}.ckpt",
+    )
+    result = d.distill(teacher.module, student, transfer, labels=labels if spec.use_labels else None,
+                       config=config, progress=steps.info)
+    steps.info(f"student: {result.student_params:,} parameters vs teacher {teacher.params:,} "
+               f"({teacher.params / result.student_params:.1f}x fewer); held-out agreement "
+               f"{100 * result.heldout_agreement:.2f} % after {result.epochs_run} epochs (best {result.best_epoch})")
+    return _pytorch_source(recipe, result.student)
+
+
+def _transfer_data(recipe: Recipe, names: Sequence[str]) -> tuple[np.ndarray | dict[str, np.ndarray],
+                                                                    np.ndarray | None]:
+    """Unlabeled (or labelled) inputs the student learns the teacher's behaviour on."""
+    spec = recipe.distill
+    assert spec is not None
+    if spec.transfer is not None:
+        data = _data.load_npz(spec.transfer, names, batch_size=1 << 30)
+        arrays = data.batches[0]
+        return (arrays[names[0]] if len(names) == 1 else arrays), data.labels
+    if recipe.data.builtin:
+        split = _data.builtin_images(recipe.data.builtin)
+        return split.train_x, split.train_y
+    raise RecipeError("[distill] needs transfer data: distill.transfer = \"transfer.npz\" or data.builtin")
 
 
 # --- data ------------------------------------------------------------------------------------
@@ -348,7 +414,8 @@ def _search_score(recipe: Recipe, float_path: Path, feeds: Feeds,
 
 def _gate_and_bundle(recipe: Recipe, fmt: str, variant: str, artifact: Path, quant: Quantization, notes: list[str],
                      source: _Source, evaluation: _data.Dataset, ref_gate: np.ndarray, gate_output: str,
-                     float_row: ArtifactRow | None) -> ArtifactRow:
+                     float_row: ArtifactRow | None, *, budgets: gate.Budgets | None = None,
+                     name: str | None = None) -> ArtifactRow:
     model = device_runtime.load(artifact, device="cpu")
     try:
         outputs = [model.run(batch) for batch in evaluation.batches]
@@ -361,7 +428,7 @@ def _gate_and_bundle(recipe: Recipe, fmt: str, variant: str, artifact: Path, qua
     size = artifact.stat().st_size
     row = ArtifactRow(
         artifact=f"{fmt}/{variant}", format=fmt, variant=variant, bundle="", size_bytes=size,
-        metrics=metrics, latency_ms=latency, budgets={}, notes=list(notes),
+        metrics=metrics, latency_ms=latency, budgets={}, notes=list(notes), params=source.params,
     )
     large = f"b{recipe.latency_batch}"
     if float_row is not None:
@@ -374,11 +441,12 @@ def _gate_and_bundle(recipe: Recipe, fmt: str, variant: str, artifact: Path, qua
                 f"SLOWER than {float_row.variant} at batch {recipe.latency_batch}: {latency[large]:.2f} ms vs "
                 f"{float_row.latency_ms[large]:.2f} ms ({row.speedup:.2f}×). Prefer another variant on this CPU."
             )
-    budgets = recipe.budgets_for(variant)
+    budgets = budgets or recipe.budgets_for(variant)
     row.budgets = {k: v for k, v in budgets.__dict__.items() if v is not None}
     row.misses = gate.check(row.artifact, metrics, budgets)
 
-    bundle = _write_bundle(recipe, fmt, variant, artifact, model, quant, source, evaluation, row, gate_output)
+    bundle = _write_bundle(recipe, fmt, variant, artifact, model, quant, source, evaluation, row, gate_output,
+                           name or recipe.model.name)
     row.bundle = str(bundle.root)
     return row
 
@@ -405,7 +473,7 @@ def measure_latency(model: device_runtime.Model, batch: dict[str, np.ndarray], l
 
 def _write_bundle(recipe: Recipe, fmt: str, variant: str, artifact: Path, model: device_runtime.Model,
                   quant: Quantization, source: _Source, evaluation: _data.Dataset, row: ArtifactRow,
-                  gate_output: str) -> Bundle:
+                  gate_output: str, name: str) -> Bundle:
     builder = BundleBuilder()
     builder.add_file(artifact, "model.onnx", role="model")
     for extra in source.extra_files:
@@ -418,7 +486,7 @@ def _write_bundle(recipe: Recipe, fmt: str, variant: str, artifact: Path, model:
     builder.add_sample(sample_in, sample_out, rtol=0.05 if quantized else 1e-3,
                        atol=0.05 * scale + 1e-3 if quantized else 1e-4 * max(scale, 1.0))
     manifest = Manifest(
-        name=recipe.model.name, version=recipe.model.version, format=fmt, task=recipe.model.task,
+        name=name, version=recipe.model.version, format=fmt, task=recipe.model.task,
         entrypoint="model.onnx", files=(), signature=model.signature, quantization=quant,
         source=Source(kind=source.kind, digest=source.digest, name=recipe.model.path.name),
         edgewise_version="",
@@ -433,6 +501,8 @@ def _write_bundle(recipe: Recipe, fmt: str, variant: str, artifact: Path, model:
         extra={"variant": variant, "notes": row.notes},
     )
     dest = recipe.output_dir / f"{recipe.model.name}-{fmt}-{variant}"
+    if recipe.distill is not None and name == recipe.model.name:
+        manifest = replace(manifest, extra={**manifest.extra, "distilled_from": recipe.model.path.name})
     return builder.write(dest, manifest)
 
 

@@ -96,6 +96,30 @@ class QuantSpec:
 
 
 @dataclass(frozen=True)
+class DistillSpec:
+    """``[distill]``: train a smaller student from the source model (the teacher) before exporting.
+
+    Every artifact is then the student's, gated against the *teacher* on the evaluation data, so
+    the report says what distillation and quantization cost together.
+    """
+
+    student: str = "preset"  # "preset", or "file.py:function" returning the student nn.Module
+    width: float = 0.25
+    depth: float = 0.5
+    epochs: int = 30
+    temperature: float = 4.0
+    alpha: float = 0.7
+    lr: float = 2e-3
+    batch_size: int = 64
+    patience: int = 4
+    seed: int = 0
+    use_labels: bool = True
+    transfer: Path | None = None  # .npz (input names, optional labels); default: the built-in train split
+    student_path: Path | None = None
+    student_factory: str | None = None
+
+
+@dataclass(frozen=True)
 class Target:
     format: str
     variants: tuple[str, ...]
@@ -113,9 +137,11 @@ class Recipe:
     budgets_by_variant: dict[str, Budgets] = field(default_factory=dict)
     output_dir: Path = Path("dist")
     latency_batch: int = 32
+    distill: DistillSpec | None = None
 
     def budgets_for(self, variant: str) -> Budgets:
-        quantized = variant not in FLOAT_VARIANTS
+        # A distilled student is lossy even in float: it is gated like a quantized model (against the teacher).
+        quantized = variant not in FLOAT_VARIANTS or self.distill is not None
         base = default_budgets(self.model.task, quantized)
         base = base.merged(self.budgets_quantized if quantized else self.budgets_float)
         return base.merged(self.budgets_by_variant.get(variant, Budgets()))
@@ -135,7 +161,7 @@ def load_recipe(path: str | Path, *, output_dir: str | Path | None = None) -> Re
 
 def parse_recipe(raw: Mapping[str, Any], *, base_dir: Path, recipe_path: Path | None = None,
                  output_dir: str | Path | None = None) -> Recipe:
-    _known(raw, {"model", "data", "targets", "quantization", "budgets", "output"}, "recipe")
+    _known(raw, {"model", "data", "targets", "quantization", "budgets", "output", "distill"}, "recipe")
     model = _model(_table(raw, "model", required=True), base_dir)
     data = _data(_table(raw, "data", required=True), base_dir, model)
     targets = _targets(raw.get("targets"))
@@ -155,7 +181,47 @@ def parse_recipe(raw: Mapping[str, Any], *, base_dir: Path, recipe_path: Path | 
         budgets_by_variant=by_variant,
         output_dir=out_dir,
         latency_batch=_int(output.get("latency_batch", 32), "output.latency_batch", minimum=1),
+        distill=_distill(raw.get("distill"), base_dir, model),
     )
+
+
+def _distill(table: Any, base: Path, model: ModelSpec) -> DistillSpec | None:
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        raise RecipeError("recipe key 'distill' must be a table")
+    fields_ = {f for f in DistillSpec.__dataclass_fields__ if f not in ("student_path", "student_factory")}
+    _known(table, fields_, "distill")
+    if model.source != "pytorch":
+        raise RecipeError("[distill] needs a PyTorch teacher (model.source = 'pytorch')")
+    values: dict[str, Any] = {}
+    for key in ("width", "depth", "temperature", "alpha", "lr"):
+        if key in table:
+            value = table[key]
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise RecipeError(f"distill.{key} must be a positive number, not {value!r}")
+            values[key] = float(value)
+    for key in ("epochs", "batch_size", "patience"):
+        if key in table:
+            values[key] = _int(table[key], f"distill.{key}", minimum=1)
+    if "seed" in table:
+        values["seed"] = _int(table["seed"], "distill.seed", minimum=0)
+    if "use_labels" in table:
+        if not isinstance(table["use_labels"], bool):
+            raise RecipeError("distill.use_labels must be true or false")
+        values["use_labels"] = table["use_labels"]
+    if "transfer" in table:
+        values["transfer"] = _existing(base, table["transfer"], "distill.transfer")
+    student = table.get("student", "preset")
+    if not isinstance(student, str) or not student:
+        raise RecipeError("distill.student must be \"preset\" or \"file.py:function\"")
+    if student != "preset":
+        file, _, factory = student.rpartition(":")
+        if not file or not factory:
+            raise RecipeError(f"distill.student {student!r} must look like \"student.py:build\"")
+        values["student_path"] = _existing(base, file, "distill.student")
+        values["student_factory"] = factory
+    return DistillSpec(student=student, **values)
 
 
 def _model(table: Mapping[str, Any], base: Path) -> ModelSpec:

@@ -23,6 +23,7 @@ class ArtifactRow:
     misses: list[Miss] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     size_ratio: float | None = None  # float artifact size / this size
+    params: int | None = None  # parameters of the (source) model this artifact was made from
     speedup: float | None = None  # float latency / this latency at the large batch
 
     @property
@@ -66,8 +67,9 @@ class ConversionReport:
         b = self.latency_batch
         quality = "top-1 agree / accuracy (Δ pts)" if self.task == "classification" else "cosine mean / min"
         lines = [
-            f"| artifact | size | ×smaller | b1 ms | b{b} ms | speedup b{b} | {quality} | max abs err | gate |",
-            "|---|---:|---:|---:|---:|---:|---|---:|---|",
+            f"| artifact | params | size | ×smaller | b1 ms | b{b} ms | speedup b{b} | {quality} | max abs err "
+            "| gate |",
+            "|---|---:|---:|---:|---:|---:|---:|---|---:|---|",
         ]
         for row in self.rows:
             m = row.metrics
@@ -78,7 +80,7 @@ class ConversionReport:
             else:
                 q = f"{m.get('cosine_mean', float('nan')):.5f} / {m.get('cosine_min', float('nan')):.5f}"
             lines.append(
-                f"| {row.artifact} | {_mb(row.size_bytes)} | {_x(row.size_ratio)} | "
+                f"| {row.artifact} | {_params(row.params)} | {_mb(row.size_bytes)} | {_x(row.size_ratio)} | "
                 f"{row.latency_ms.get('b1', float('nan')):.3f} | {row.latency_ms.get(f'b{b}', float('nan')):.2f} | "
                 f"{_x(row.speedup)} | {q} | {m.get('max_abs_error', float('nan')):.3g} | "
                 f"{'pass' if row.passed else 'FAIL'} |"
@@ -110,6 +112,12 @@ class ConversionReport:
 
 def _mb(size: int) -> str:
     return f"{size / 1e6:.2f} MB" if size >= 1e5 else f"{size / 1e3:.1f} kB"
+
+
+def _params(count: int | None) -> str:
+    if count is None:
+        return "-"
+    return f"{count / 1e6:.2f} M" if count >= 1e6 else f"{count / 1e3:.1f} k"
 
 
 def _x(value: float | None) -> str:
