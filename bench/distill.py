@@ -63,6 +63,7 @@ width = 0.25
 depth = 0.5
 epochs = 40
 patience = 6
+augment = 4
 temperature = 4.0
 alpha = 0.7
 [[targets]]

@@ -52,7 +52,7 @@ def teacher_dir(tmp_path_factory, digits_split):
 
 @pytest.fixture(scope="module")
 def distilled(teacher_dir, tmp_path_factory):
-    (teacher_dir / "recipe.toml").write_text(RECIPE.format(distill='student = "preset"\nwidth = 0.25'))
+    (teacher_dir / "recipe.toml").write_text(RECIPE.format(distill='student = "preset"\nwidth = 0.25\naugment = 1'))
     recipe = load_recipe(teacher_dir / "recipe.toml", output_dir=tmp_path_factory.mktemp("dist"))
     return convert(recipe, progress=False)
 
@@ -98,3 +98,18 @@ epochs = 1
 """)
     with pytest.raises(RecipeError, match="needs a PyTorch teacher"):
         load_recipe(tmp_path / "r.toml")
+
+
+def test_shifted_copies_grow_image_transfer_data(digits_split):
+    import numpy as np
+
+    from edgewise.converters._data import shifted_copies
+    from edgewise.errors import DataError
+
+    x = digits_split.train_x[:10]
+    grown = shifted_copies(x, 2, seed=0)
+    assert grown.shape == (30, 1, 8, 8)
+    np.testing.assert_array_equal(grown[:10], x)
+    assert np.array_equal(grown, shifted_copies(x, 2, seed=0))  # deterministic
+    with pytest.raises(DataError, match="images"):
+        shifted_copies(x.reshape(10, -1), 1)

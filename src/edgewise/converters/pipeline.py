@@ -236,6 +236,13 @@ def _distill_student(recipe: Recipe, teacher: _Source, steps: Progress) -> _Sour
     spec = recipe.distill
     assert spec is not None and teacher.module is not None
     transfer, labels = _transfer_data(recipe, teacher.input_names)
+    if spec.augment:
+        if not isinstance(transfer, np.ndarray):
+            raise RecipeError("distill.augment shifts images: it needs a single image input")
+        count = len(transfer)
+        transfer = _data.shifted_copies(transfer, spec.augment, seed=spec.seed)
+        labels = np.tile(labels, spec.augment + 1) if labels is not None else None
+        steps.info(f"transfer data: {count} samples + {spec.augment} shifted copies = {len(transfer)}")
     if spec.student == "preset":
         student = d.student_preset(teacher.module, width=spec.width, depth=spec.depth)
     else:

@@ -114,6 +114,7 @@ class DistillSpec:
     patience: int = 4
     seed: int = 0
     use_labels: bool = True
+    augment: int = 0  # randomly shifted copies of image transfer data (the teacher labels them)
     transfer: Path | None = None  # .npz (input names, optional labels); default: the built-in train split
     student_path: Path | None = None
     student_factory: str | None = None
@@ -204,6 +205,8 @@ def _distill(table: Any, base: Path, model: ModelSpec) -> DistillSpec | None:
     for key in ("epochs", "batch_size", "patience"):
         if key in table:
             values[key] = _int(table[key], f"distill.{key}", minimum=1)
+    if "augment" in table:
+        values["augment"] = _int(table["augment"], "distill.augment", minimum=0)
     if "seed" in table:
         values["seed"] = _int(table["seed"], "distill.seed", minimum=0)
     if "use_labels" in table:
