@@ -120,6 +120,15 @@ class HfReference:
             raise ConversionError(f"cannot load {model_dir} with transformers: {_short(exc)}") from exc
         self._model.eval()
 
+    @property
+    def model(self):
+        """The torch module (a SentenceTransformer or a transformers model)."""
+        return self._model
+
+    @property
+    def is_sentence_transformer(self) -> bool:
+        return self._sentence_transformer
+
     def run(self, feed: dict[str, np.ndarray], output_names: Sequence[str]) -> dict[str, np.ndarray]:
         torch = self._torch
         tensors = {name: torch.from_numpy(array) for name, array in feed.items()}
@@ -130,3 +139,4 @@ class HfReference:
         if missing:
             raise ConversionError(f"the source model produced no output named {missing}; it has {list(values)}")
         return {name: values[name].detach().cpu().numpy() for name in output_names}
+

@@ -46,7 +46,8 @@ class _Source:
 
     @property
     def params(self) -> int | None:
-        return sum(p.numel() for p in self.module.parameters()) if self.module is not None else None
+        module = getattr(self.module, "model", self.module)  # HfReference wraps its torch model
+        return sum(p.numel() for p in module.parameters()) if module is not None else None
 
 
 def convert(recipe: Recipe | str | Path, *, progress: bool = True, fail_on_gate: bool = True) -> ConversionReport:
@@ -80,7 +81,7 @@ def convert(recipe: Recipe | str | Path, *, progress: bool = True, fail_on_gate:
         if recipe.distill is not None:
             teacher = source
             with steps.step("distill a student from the teacher"):
-                source = _distill_student(recipe, teacher, steps)
+                source = _distill_student(recipe, teacher, steps, work)
             # The teacher's own export, gated for parity, heads the table: what the student is measured against.
             path = work / "teacher" / "model.onnx"
             path.parent.mkdir(parents=True)
@@ -202,17 +203,18 @@ def _onnx_source(recipe: Recipe) -> _Source:
     )
 
 
-def _hf_source(recipe: Recipe, work: Path) -> _Source:
+def _hf_source(recipe: Recipe, work: Path, model_dir: Path | None = None) -> _Source:
     import onnx
 
     from edgewise.converters._hf_export import HfReference, export_hf_to_onnx, load_tokenizer, tokenizer_files
 
     spec = recipe.model
-    reference = HfReference(spec.path)
-    tokenizer = load_tokenizer(spec.path)
+    folder = model_dir or spec.path
+    reference = HfReference(folder)
+    tokenizer = load_tokenizer(folder)
     # The exported graph decides the names: export once now (cheap next to evaluation) and reuse it.
-    exported = work / "huggingface-export" / "model.onnx"
-    export_hf_to_onnx(spec.path, exported, task=spec.hf_task)
+    exported = work / f"huggingface-export-{folder.name}" / "model.onnx"
+    export_hf_to_onnx(folder, exported, task=spec.hf_task)
     graph = onnx.load(str(exported), load_external_data=False).graph
     names_in = spec.input_names or tuple(i.name for i in graph.input)
     names_out = spec.output_names or tuple(o.name for o in graph.output)
@@ -221,20 +223,22 @@ def _hf_source(recipe: Recipe, work: Path) -> _Source:
         shutil.copyfile(exported, dest)
 
     return _Source(
-        kind="huggingface", digest="sha256:" + sha256_tree(spec.path), input_names=names_in,
+        kind="huggingface", digest="sha256:" + sha256_tree(folder), input_names=names_in,
         output_names=names_out, run=lambda feeds: [reference.run(f, names_out) for f in feeds], export=export,
-        extra_files=tokenizer_files(spec.path), tokenizer=tokenizer,
+        extra_files=tokenizer_files(folder), tokenizer=tokenizer, module=reference,
     )
 
 
 # --- distillation ----------------------------------------------------------------------------
 
-def _distill_student(recipe: Recipe, teacher: _Source, steps: Progress) -> _Source:
+def _distill_student(recipe: Recipe, teacher: _Source, steps: Progress, work: Path) -> _Source:
     """Train the student on the transfer data; the returned source is the student (teacher attached)."""
     from edgewise.converters import distill as d
 
     spec = recipe.distill
     assert spec is not None and teacher.module is not None
+    if teacher.kind == "huggingface":
+        return _distill_hf_student(recipe, teacher, steps, work)
     transfer, labels = _transfer_data(recipe, teacher.input_names)
     if spec.augment:
         if not isinstance(transfer, np.ndarray):
@@ -261,6 +265,53 @@ def _distill_student(recipe: Recipe, teacher: _Source, steps: Progress) -> _Sour
                f"({teacher.params / result.student_params:.1f}x fewer); held-out agreement "
                f"{100 * result.heldout_agreement:.2f} % after {result.epochs_run} epochs (best {result.best_epoch})")
     return _pytorch_source(recipe, result.student)
+
+
+def _distill_hf_student(recipe: Recipe, teacher: _Source, steps: Progress, work: Path) -> _Source:
+    """An encoder with fewer transformer layers (copied from the teacher's), trained to match its embeddings,
+    saved as a Hugging Face folder and exported by the same optimum path as any encoder."""
+    import copy
+
+    from edgewise.converters import distill as d
+    from edgewise.converters._hf_embedder import HfEmbedder
+
+    spec = recipe.distill
+    assert spec is not None and spec.transfer_text is not None and teacher.tokenizer is not None
+    reference = teacher.module
+    sentences = _data.read_sentences(spec.transfer_text)
+    encoded = teacher.tokenizer(sentences, padding=True, truncation=True, max_length=recipe.data.max_length,
+                                return_tensors="np")
+    transfer = {name: np.asarray(encoded[name], dtype=np.int64) for name in teacher.input_names}
+    output = _gate_output(recipe, teacher.output_names)
+    student_model = copy.deepcopy(reference.model)
+    if reference.is_sentence_transformer:
+        # sentence-transformers keeps the transformers model as submodule "model" ("auto_model" is a
+        # read-only alias in 5.x: assigning it would add a second module and leave the old one in use).
+        transformer = student_model[0]
+        slot = "model" if "model" in transformer._modules else "auto_model"
+        setattr(transformer, slot, d.student_preset(getattr(transformer, slot), width=spec.width, depth=spec.depth,
+                                                    seed=spec.seed))
+        small = getattr(transformer, slot)
+    else:
+        student_model = small = d.student_preset(student_model, width=spec.width, depth=spec.depth, seed=spec.seed)
+    config = d.DistillConfig(task="embedding", epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr,
+                             patience=spec.patience, seed=spec.seed,
+                             checkpoint=recipe.output_dir / f"{recipe.model.name}-distill-"
+                                                            f"{teacher.digest.split(':')[-1][:12]}.ckpt")
+    steps.info(f"transfer data: {len(sentences)} sentences; student keeps teacher layers "
+               f"{getattr(small, 'distilled_from_layers', '?')}")
+    result = d.distill(HfEmbedder(reference.model, teacher.input_names, output, reference.is_sentence_transformer),
+                       HfEmbedder(student_model, teacher.input_names, output, reference.is_sentence_transformer),
+                       transfer, config=config, progress=steps.info)
+    steps.info(f"student: {result.student_params:,} parameters vs teacher {teacher.params:,}; held-out cosine "
+               f"{result.heldout_agreement:.4f} after {result.epochs_run} epochs (best {result.best_epoch})")
+    student_dir = work / "student"
+    if reference.is_sentence_transformer:
+        result.student.model.save(str(student_dir))
+    else:
+        result.student.model.save_pretrained(str(student_dir))
+        teacher.tokenizer.save_pretrained(str(student_dir))
+    return _hf_source(recipe, work, model_dir=student_dir)
 
 
 def _transfer_data(recipe: Recipe, names: Sequence[str]) -> tuple[np.ndarray | dict[str, np.ndarray],

@@ -116,6 +116,7 @@ class DistillSpec:
     use_labels: bool = True
     augment: int = 0  # randomly shifted copies of image transfer data (the teacher labels them)
     transfer: Path | None = None  # .npz (input names, optional labels); default: the built-in train split
+    transfer_text: Path | None = None  # text encoders: one sentence a line (unlabeled)
     student_path: Path | None = None
     student_factory: str | None = None
 
@@ -193,8 +194,10 @@ def _distill(table: Any, base: Path, model: ModelSpec) -> DistillSpec | None:
         raise RecipeError("recipe key 'distill' must be a table")
     fields_ = {f for f in DistillSpec.__dataclass_fields__ if f not in ("student_path", "student_factory")}
     _known(table, fields_, "distill")
-    if model.source != "pytorch":
-        raise RecipeError("[distill] needs a PyTorch teacher (model.source = 'pytorch')")
+    if model.source not in ("pytorch", "huggingface"):
+        raise RecipeError("[distill] needs a PyTorch teacher (model.source = 'pytorch' or 'huggingface')")
+    if model.source == "huggingface" and "transfer_text" not in table:
+        raise RecipeError("[distill] of a Hugging Face encoder needs distill.transfer_text (one sentence a line)")
     values: dict[str, Any] = {}
     for key in ("width", "depth", "temperature", "alpha", "lr"):
         if key in table:
@@ -215,6 +218,8 @@ def _distill(table: Any, base: Path, model: ModelSpec) -> DistillSpec | None:
         values["use_labels"] = table["use_labels"]
     if "transfer" in table:
         values["transfer"] = _existing(base, table["transfer"], "distill.transfer")
+    if "transfer_text" in table:
+        values["transfer_text"] = _existing(base, table["transfer_text"], "distill.transfer_text")
     student = table.get("student", "preset")
     if not isinstance(student, str) or not student:
         raise RecipeError("distill.student must be \"preset\" or \"file.py:function\"")
