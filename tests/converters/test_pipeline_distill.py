@@ -113,3 +113,17 @@ def test_shifted_copies_grow_image_transfer_data(digits_split):
     assert np.array_equal(grown, shifted_copies(x, 2, seed=0))  # deterministic
     with pytest.raises(DataError, match="images"):
         shifted_copies(x.reshape(10, -1), 1)
+
+
+@pytest.mark.parametrize(("line", "message"), [("tempreature = 2.0", "unknown key"), ("epochs = 0", "distill.epochs"),
+                                               ("alpha = -1", "positive number")])
+def test_distill_settings_are_validated(teacher_dir, line, message):
+    (teacher_dir / "v.toml").write_text(RECIPE.format(distill=line))
+    with pytest.raises(RecipeError, match=message):
+        load_recipe(teacher_dir / "v.toml")
+
+
+def test_training_settings_reach_the_trainer_unchanged(teacher_dir):
+    (teacher_dir / "t.toml").write_text(RECIPE.format(distill="temperature = 2.0\nseed = 3"))
+    spec = load_recipe(teacher_dir / "t.toml").distill
+    assert spec.training == {"temperature": 2.0, "epochs": 25, "patience": 5, "seed": 3}

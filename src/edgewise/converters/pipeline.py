@@ -244,7 +244,7 @@ def _distill_student(recipe: Recipe, teacher: _Source, steps: Progress, work: Pa
         if not isinstance(transfer, np.ndarray):
             raise RecipeError("distill.augment shifts images: it needs a single image input")
         count = len(transfer)
-        transfer = _data.shifted_copies(transfer, spec.augment, seed=spec.seed)
+        transfer = _data.shifted_copies(transfer, spec.augment, seed=spec.training.get("seed", 0))
         labels = np.tile(labels, spec.augment + 1) if labels is not None else None
         steps.info(f"transfer data: {count} samples + {spec.augment} shifted copies = {len(transfer)}")
     if spec.student == "preset":
@@ -252,13 +252,8 @@ def _distill_student(recipe: Recipe, teacher: _Source, steps: Progress, work: Pa
     else:
         assert spec.student_path is not None
         student = load_torch_module(spec.student_path, spec.student_factory, None).train()
-    config = d.DistillConfig(
-        task="classification" if recipe.model.task == "classification" else "embedding",
-        temperature=spec.temperature, alpha=spec.alpha, epochs=spec.epochs, batch_size=spec.batch_size,
-        lr=spec.lr, patience=spec.patience, seed=spec.seed,
-        # Keyed by the teacher's weights: a retrained teacher never resumes an old student.
-        checkpoint=recipe.output_dir / f"{recipe.model.name}-distill-{teacher.digest.split(':')[-1][:12]}.ckpt",
-    )
+    config = d.DistillConfig(task="classification" if recipe.model.task == "classification" else "embedding",
+                             checkpoint=_checkpoint_path(recipe, teacher), **spec.training)
     result = d.distill(teacher.module, student, transfer, labels=labels if spec.use_labels else None,
                        config=config, progress=steps.info)
     steps.info(f"student: {result.student_params:,} parameters vs teacher {teacher.params:,} "
@@ -290,14 +285,12 @@ def _distill_hf_student(recipe: Recipe, teacher: _Source, steps: Progress, work:
         transformer = student_model[0]
         slot = "model" if "model" in transformer._modules else "auto_model"
         setattr(transformer, slot, d.student_preset(getattr(transformer, slot), width=spec.width, depth=spec.depth,
-                                                    seed=spec.seed))
+                                                    seed=spec.training.get("seed", 0)))
         small = getattr(transformer, slot)
     else:
-        student_model = small = d.student_preset(student_model, width=spec.width, depth=spec.depth, seed=spec.seed)
-    config = d.DistillConfig(task="embedding", epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr,
-                             patience=spec.patience, seed=spec.seed,
-                             checkpoint=recipe.output_dir / f"{recipe.model.name}-distill-"
-                                                            f"{teacher.digest.split(':')[-1][:12]}.ckpt")
+        student_model = small = d.student_preset(student_model, width=spec.width, depth=spec.depth,
+                                                 seed=spec.training.get("seed", 0))
+    config = d.DistillConfig(task="embedding", checkpoint=_checkpoint_path(recipe, teacher), **spec.training)
     steps.info(f"transfer data: {len(sentences)} sentences; student keeps teacher layers "
                f"{getattr(small, 'distilled_from_layers', '?')}")
     result = d.distill(HfEmbedder(reference.model, teacher.input_names, output, reference.is_sentence_transformer),
@@ -312,6 +305,11 @@ def _distill_hf_student(recipe: Recipe, teacher: _Source, steps: Progress, work:
         result.student.model.save_pretrained(str(student_dir))
         teacher.tokenizer.save_pretrained(str(student_dir))
     return _hf_source(recipe, work, model_dir=student_dir)
+
+
+def _checkpoint_path(recipe: Recipe, teacher: _Source) -> Path:
+    """Keyed by the teacher's weights: a retrained teacher never resumes an old student."""
+    return recipe.output_dir / f"{recipe.model.name}-distill-{teacher.digest.split(':')[-1][:12]}.ckpt"
 
 
 def _transfer_data(recipe: Recipe, names: Sequence[str]) -> tuple[np.ndarray | dict[str, np.ndarray],

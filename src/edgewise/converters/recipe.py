@@ -106,13 +106,9 @@ class DistillSpec:
     student: str = "preset"  # "preset", or "file.py:function" returning the student nn.Module
     width: float = 0.25
     depth: float = 0.5
-    epochs: int = 30
-    temperature: float = 4.0
-    alpha: float = 0.7
-    lr: float = 2e-3
-    batch_size: int = 64
-    patience: int = 4
-    seed: int = 0
+    # Overrides of edgewise.converters.distill.DistillConfig (temperature, alpha, lr, epochs, batch_size,
+    # patience, seed): its defaults are the only ones, so recipe and API cannot drift apart.
+    training: dict[str, Any] = field(default_factory=dict)
     use_labels: bool = True
     augment: int = 0  # randomly shifted copies of image transfer data (the teacher labels them)
     transfer: Path | None = None  # .npz (input names, optional labels); default: the built-in train split
@@ -192,26 +188,25 @@ def _distill(table: Any, base: Path, model: ModelSpec) -> DistillSpec | None:
         return None
     if not isinstance(table, dict):
         raise RecipeError("recipe key 'distill' must be a table")
-    fields_ = {f for f in DistillSpec.__dataclass_fields__ if f not in ("student_path", "student_factory")}
-    _known(table, fields_, "distill")
+    fields_ = {f for f in DistillSpec.__dataclass_fields__ if f not in ("student_path", "student_factory", "training")}
+    _known(table, fields_ | set(_TRAINING_FLOATS) | set(_TRAINING_INTS), "distill")
     if model.source not in ("pytorch", "huggingface"):
         raise RecipeError("[distill] needs a PyTorch teacher (model.source = 'pytorch' or 'huggingface')")
     if model.source == "huggingface" and "transfer_text" not in table:
         raise RecipeError("[distill] of a Hugging Face encoder needs distill.transfer_text (one sentence a line)")
     values: dict[str, Any] = {}
-    for key in ("width", "depth", "temperature", "alpha", "lr"):
+    training: dict[str, Any] = {}
+    for key in ("width", "depth", *_TRAINING_FLOATS):
         if key in table:
             value = table[key]
             if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
                 raise RecipeError(f"distill.{key} must be a positive number, not {value!r}")
-            values[key] = float(value)
-    for key in ("epochs", "batch_size", "patience"):
+            (training if key in _TRAINING_FLOATS else values)[key] = float(value)
+    for key, minimum in _TRAINING_INTS.items():
         if key in table:
-            values[key] = _int(table[key], f"distill.{key}", minimum=1)
+            training[key] = _int(table[key], f"distill.{key}", minimum=minimum)
     if "augment" in table:
         values["augment"] = _int(table["augment"], "distill.augment", minimum=0)
-    if "seed" in table:
-        values["seed"] = _int(table["seed"], "distill.seed", minimum=0)
     if "use_labels" in table:
         if not isinstance(table["use_labels"], bool):
             raise RecipeError("distill.use_labels must be true or false")
@@ -229,7 +224,11 @@ def _distill(table: Any, base: Path, model: ModelSpec) -> DistillSpec | None:
             raise RecipeError(f"distill.student {student!r} must look like \"student.py:build\"")
         values["student_path"] = _existing(base, file, "distill.student")
         values["student_factory"] = factory
-    return DistillSpec(student=student, **values)
+    return DistillSpec(student=student, training=training, **values)
+
+
+_TRAINING_FLOATS = ("temperature", "alpha", "lr")
+_TRAINING_INTS = {"epochs": 1, "batch_size": 1, "patience": 1, "seed": 0}
 
 
 def _model(table: Mapping[str, Any], base: Path) -> ModelSpec:
