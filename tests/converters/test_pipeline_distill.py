@@ -115,8 +115,9 @@ def test_shifted_copies_grow_image_transfer_data(digits_split):
         shifted_copies(x.reshape(10, -1), 1)
 
 
-@pytest.mark.parametrize(("line", "message"), [("tempreature = 2.0", "unknown key"), ("epochs = 0", "distill.epochs"),
-                                               ("alpha = -1", "positive number")])
+@pytest.mark.parametrize(("line", "message"), [
+    ("tempreature = 2.0", "unknown key"), ("batch_size = 0", "distill.batch_size"), ("alpha = -1", "positive number"),
+])
 def test_distill_settings_are_validated(teacher_dir, line, message):
     (teacher_dir / "v.toml").write_text(RECIPE.format(distill=line))
     with pytest.raises(RecipeError, match=message):
