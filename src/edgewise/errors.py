@@ -24,7 +24,10 @@ attached as ``__cause__``, so an app never has to import an engine to handle err
     │   ├── RepositoryUnreachableError  the update server cannot be reached or answers with an HTTP error
     │   ├── SlowRetrievalError      the server sends too slowly (a stalled or trickling connection)
     │   ├── UntrustedMetadataError  TUF refused the metadata: bad signatures, expired, rolled back, ...
-    │   └── ArtifactVerificationError  a downloaded file's length or hash differs from signed metadata
+    │   ├── ArtifactVerificationError  a downloaded file's length or hash differs from signed metadata
+    │   ├── PostInstallCheckError   a new version failed to load or to reproduce its sample (marked bad)
+    │   ├── CorruptStoreError       the on-device store's pointer file is unreadable
+    │   └── NoUsableModelError      no installed version of a model loads
     └── FallbackError               cloud routing problems (edgewise.fallback)
 """
 
@@ -160,6 +163,33 @@ class UntrustedMetadataError(SyncError):
 
 class ArtifactVerificationError(SyncError):
     default_hint = "The download was corrupted or tampered with and was discarded; the installed model keeps serving."
+
+
+class PostInstallCheckError(SyncError):
+    """A freshly installed version failed to load or to reproduce its stored sample output.
+
+    The version is marked bad and the pointer is untouched: the device keeps serving what it served.
+    """
+
+    default_hint = "The release is broken for this device; report it to the publisher. The previous model stays active."
+
+    def __init__(self, message: str, *, model: str, version: str, reason: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.model = model
+        self.version = version
+        self.reason = reason
+
+
+class CorruptStoreError(SyncError):
+    """Store metadata (a pointer file) is unreadable: disk corruption or an outside edit."""
+
+    default_hint = "ModelStore.load() recovers from this by serving the newest good version; installing repairs it."
+
+
+class NoUsableModelError(SyncError):
+    """No installed version of a model can be loaded: serve from the cloud or install again."""
+
+    default_hint = "Install a release of this model (or use the cloud fallback) - every local version failed."
 
 
 class FallbackError(EdgewiseError):

@@ -44,7 +44,15 @@ class HttpxFetcher(FetcherInterface):
 
     def _fetch(self, url: str) -> Iterator[bytes]:
         """Metadata and small targets for ngclient; it caps the length itself."""
-        yield from self._stream(url, headers={}, expected=None)
+        try:
+            with self._client.stream("GET", url) as response:
+                if response.status_code >= 400:
+                    raise tuf_exc.DownloadHTTPError(f"{url}: HTTP {response.status_code}", response.status_code)
+                yield from self._chunks(response, self._deadline(None))
+        except httpx.ConnectTimeout:
+            raise  # unreachable, not slow: ngclient wraps it as a DownloadError
+        except httpx.TimeoutException as exc:
+            raise tuf_exc.SlowRetrievalError(f"{url}: {type(exc).__name__}") from exc
 
     def download_resumable(self, url: str, dest: Path, *, length: int, hashes: dict[str, str],
                            progress: Progress | None = None) -> int:
@@ -89,17 +97,6 @@ class HttpxFetcher(FetcherInterface):
             raise tuf_exc.LengthOrHashMismatchError(
                 f"{url}: {total} bytes (signed: {length}); hashes {'match' if digests.match() else 'differ'}")
         return received
-
-    def _stream(self, url: str, *, headers: dict[str, str], expected: int | None) -> Iterator[bytes]:
-        try:
-            with self._client.stream("GET", url, headers=headers) as response:
-                if response.status_code >= 400:
-                    raise tuf_exc.DownloadHTTPError(f"{url}: HTTP {response.status_code}", response.status_code)
-                yield from self._chunks(response, self._deadline(expected))
-        except httpx.ConnectTimeout:
-            raise  # unreachable, not slow: ngclient wraps it as a DownloadError
-        except httpx.TimeoutException as exc:
-            raise tuf_exc.SlowRetrievalError(f"{url}: {type(exc).__name__}") from exc
 
     def _chunks(self, response: httpx.Response, deadline: float) -> Iterator[bytes]:
         try:

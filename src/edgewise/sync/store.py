@@ -42,7 +42,13 @@ import numpy as np
 
 from edgewise import device_runtime
 from edgewise.bundle import MANIFEST_NAME, Bundle, Manifest
-from edgewise.errors import EdgewiseError, SyncError
+from edgewise.errors import (
+    CorruptStoreError,
+    EdgewiseError,
+    NoUsableModelError,
+    PostInstallCheckError,
+    SyncError,
+)
 from edgewise.sync._archive import unpack_bundle
 from edgewise.sync._release import check_name
 
@@ -54,33 +60,6 @@ except ImportError:  # pragma: no cover - Windows: single-writer is then the cal
 __all__ = ["CorruptStoreError", "Installed", "ModelStore", "NoUsableModelError", "PostInstallCheckError", "StoreEvent"]
 
 _BAD_MARK = ".bad"
-
-
-class PostInstallCheckError(SyncError):
-    """A freshly installed version failed to load or to reproduce its stored sample output.
-
-    The version is marked bad and the pointer is untouched: the device keeps serving what it served.
-    """
-
-    default_hint = "The release is broken for this device; report it to the publisher. The previous model stays active."
-
-    def __init__(self, message: str, *, model: str, version: str, reason: str, hint: str | None = None) -> None:
-        super().__init__(message, hint=hint)
-        self.model = model
-        self.version = version
-        self.reason = reason
-
-
-class CorruptStoreError(SyncError):
-    """Store metadata (a pointer file) is unreadable: disk corruption or an outside edit."""
-
-    default_hint = "ModelStore.load() recovers from this by serving the newest good version; installing repairs it."
-
-
-class NoUsableModelError(SyncError):
-    """No installed version of a model can be loaded: serve from the cloud or install again."""
-
-    default_hint = "Install a release of this model (or use the cloud fallback) - every local version failed."
 
 
 @dataclass(frozen=True)
