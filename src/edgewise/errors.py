@@ -15,7 +15,8 @@ attached as ``__cause__``, so an app never has to import an engine to handle err
     │   ├── BackendUnavailableError the engine for this format is not installed
     │   ├── PlacementError          the requested device/accelerator cannot run it (strict mode)
     │   ├── InputError              inputs do not match the model signature (name, dtype, shape)
-    │   └── InferenceError          the engine failed while running
+    │   ├── InferenceError          the engine failed while running
+    │   └── ContextOverflowError    a prompt (+ requested tokens) does not fit the model's context
     ├── ConversionError             a converter could not produce an artifact
     │   ├── RecipeError             the recipe (TOML) is invalid or names a missing file
     │   ├── DataError               calibration / evaluation data unusable
@@ -106,6 +107,23 @@ class InputError(RuntimeBackendError, ValueError):
 
 class InferenceError(RuntimeBackendError):
     """The engine raised while running the model."""
+
+
+class ContextOverflowError(RuntimeBackendError, ValueError):
+    """A text request does not fit the on-device context window.
+
+    Carries the exact counts, so a router can decide to send the request to the cloud and a
+    user can see how much to cut: ``prompt_tokens + requested_tokens > context_size``.
+    """
+
+    default_hint = "Shorten the prompt, ask for fewer tokens, load with a larger n_ctx, or route it to the cloud."
+
+    def __init__(self, message: str, *, prompt_tokens: int, requested_tokens: int, context_size: int,
+                 hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.prompt_tokens = prompt_tokens
+        self.requested_tokens = requested_tokens
+        self.context_size = context_size
 
 
 class ConversionError(EdgewiseError):
