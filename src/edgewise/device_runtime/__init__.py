@@ -13,18 +13,22 @@ from edgewise.device_runtime._devices import BackendReport, DeviceReport, probe
 from edgewise.device_runtime._inputs import InputValidator
 from edgewise.device_runtime._model import Model, detect_format, load
 from edgewise.device_runtime._placement import Accelerator, Attempt, Placement, rank
+from edgewise.device_runtime._text import Completion, TextModel, TextStream
 
 __all__ = [
     "Accelerator",
     "Attempt",
     "Backend",
     "BackendReport",
+    "Completion",
     "DeviceReport",
     "InputValidator",
     "LoadOptions",
     "Model",
     "Placement",
     "Session",
+    "TextModel",
+    "TextStream",
     "detect_format",
     "known_formats",
     "load",
