@@ -113,6 +113,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the main job end to end on a real model and data set (no download)")
     p.add_argument("--out", type=Path, default=Path("edgewise-demo"))
     p.add_argument("--no-encoder", action="store_true", help="skip the MiniLM sentence-encoder part")
+    p.add_argument("--no-llm", action="store_true", help="skip the SmolLM2 language-model part")
     p.set_defaults(handler=_demo)
     return parser
 
@@ -387,7 +388,7 @@ def _download_progress():
 def _demo(args: argparse.Namespace) -> int:
     from edgewise.demo import run_demo
 
-    return run_demo(args.out, encoder=not args.no_encoder)
+    return run_demo(args.out, encoder=not args.no_encoder, llm=not args.no_llm)
 
 
 if __name__ == "__main__":
