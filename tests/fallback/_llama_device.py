@@ -64,6 +64,10 @@ class LlamaTextModel:
 
 
 def _chatml(messages: Sequence[dict]) -> str:
+    """SmolLM2's chat template (from its GGUF): ChatML with a default system turn when none is given."""
+    if not messages or messages[0]["role"] != "system":
+        default = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+        messages = [{"role": "system", "content": default}, *messages]
     turns = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
     return turns + "<|im_start|>assistant\n"
 

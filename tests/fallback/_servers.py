@@ -144,6 +144,8 @@ class FaultProxy:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.counts: dict[str, int] = {}
+        self.active = 0  # requests being answered now, and the most at once
+        self.max_active = 0
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self._listener: socket.socket | None = None
@@ -187,8 +189,14 @@ class FaultProxy:
             fault = self.policy()
             with self._lock:
                 self.counts[fault] = self.counts.get(fault, 0) + 1
-            with contextlib.suppress(OSError):
-                self._answer(conn, fault, head, body)
+                self.active += 1
+                self.max_active = max(self.max_active, self.active)
+            try:
+                with contextlib.suppress(OSError):
+                    self._answer(conn, fault, head, body)
+            finally:
+                with self._lock:
+                    self.active -= 1
 
     def _answer(self, conn: socket.socket, fault: str, head: bytes, body: bytes) -> None:
         if fault in ("500", "503", "429"):

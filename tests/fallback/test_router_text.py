@@ -19,7 +19,7 @@ def _long_messages():
 
 
 def _short_messages():
-    return [{"role": "user", "content": QUESTION}]
+    return [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": QUESTION}]
 
 
 @pytest.fixture

