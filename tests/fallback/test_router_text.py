@@ -4,22 +4,20 @@ from __future__ import annotations
 
 import pytest
 
+from edgewise.demo.fallback import long_messages, short_messages
 from edgewise.errors import CloudUnavailableError, FallbackConfigError, OnDeviceRefusedError
 from edgewise.fallback import Endpoint, HostState, Router, RouterConfig
 from tests.fallback import _servers
 
 pytestmark = pytest.mark.slow
-QUESTION = "What is the capital of France?"
-FILLER = " ".join(f"Note {i}: the archive room on floor {i % 7} holds boxes of old letters." for i in range(60))
 
 
 def _long_messages():
-    return [{"role": "system", "content": "You are a helpful assistant. Background notes follow. " + FILLER},
-            {"role": "user", "content": QUESTION}]
+    return long_messages()
 
 
 def _short_messages():
-    return [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": QUESTION}]
+    return short_messages()
 
 
 @pytest.fixture

@@ -74,10 +74,7 @@ def run_fallback_demo(out: Path, *, text_model: Any = None) -> bool:
     try:
         _say(f"      cloud endpoint: {url} (OpenAI-compatible)")
         config = RouterConfig(text=Endpoint(url, model="smollm2"), deadline_s=120)
-        notes = " ".join(f"Note {i}: shelf {i % 9} of the archive holds letters from {1900 + i}." for i in range(70))
-        short = [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": QUESTION}]
-        long = [{"role": "system", "content": f"You are a helpful assistant. Background: {notes}"},
-                {"role": "user", "content": QUESTION}]
+        short, long = short_messages(), long_messages()
         with Router(config, text_model=text_model) as router:
             for label, messages in (("short prompt", short), ("long prompt", long)):
                 tokens = text_model.count_chat_tokens(messages)
@@ -91,6 +88,24 @@ def run_fallback_demo(out: Path, *, text_model: Any = None) -> bool:
     finally:
         _stop(server)
     return True
+
+
+SYSTEM = "You are a helpful assistant."
+STORY = ("Once upon a time, a traveller walked across the countryside, visiting small villages, rivers and old "
+         "castles, and wrote about the food, the markets and the people he met along the way.")
+
+
+def short_messages() -> list[dict[str, str]]:
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTION}]
+
+
+def long_messages(repeat: int = 14) -> list[dict[str, str]]:
+    """The same question after ~575 tokens of background: over a 512-token device context.
+
+    (SmolLM2-135M still answers it correctly with this background; with some others it does not.)
+    """
+    background = " ".join([STORY] * repeat)
+    return [{"role": "system", "content": f"{SYSTEM} Background: {background}"}, {"role": "user", "content": QUESTION}]
 
 
 def _free_port() -> int:
