@@ -132,7 +132,7 @@ class FaultProxy:
     """An HTTP/1.1 proxy that injects one fault per request, chosen by ``policy()``.
 
     Faults: "ok" (forward), "500", "503" (with Retry-After: 0), "429", "reset" (RST after the
-    request), "stall" (never answers), "slow" (forwards the answer in 32-byte pieces, 50 ms apart),
+    request), "stall" (never answers), "slow" (forwards the answer in 32-byte pieces, ``slow_delay_s`` apart),
     "cut" (forwards the first 300 bytes of the answer, then closes: a server dying mid-stream).
     ``down()`` stops listening (connections refused); ``up()`` listens again on the same port.
     Each request gets its own upstream connection (``Connection: close``), so faults are per request.
@@ -144,6 +144,7 @@ class FaultProxy:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.counts: dict[str, int] = {}
+        self.slow_delay_s = 0.05  # "slow": pause between 32-byte pieces
         self.active = 0  # requests being answered now, and the most at once
         self.max_active = 0
         self._lock = threading.Lock()
@@ -208,8 +209,15 @@ class FaultProxy:
         if fault == "reset":
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
             return
-        if fault == "stall":
-            self._closing.wait(60)
+        if fault == "stall":  # answer nothing; hold the connection until the client gives up
+            conn.settimeout(0.05)
+            stop_at = time.monotonic() + 60
+            while not self._closing.is_set() and time.monotonic() < stop_at:
+                try:
+                    if not conn.recv(1024):
+                        return
+                except TimeoutError:
+                    continue
             return
         upstream = socket.create_connection((self.upstream.host, self.upstream.port), timeout=60)
         with upstream:
@@ -222,7 +230,7 @@ class FaultProxy:
                 if fault == "slow":
                     for i in range(0, len(chunk), 32):
                         conn.sendall(chunk[i:i + 32])
-                        time.sleep(0.05)
+                        time.sleep(self.slow_delay_s)
                     continue
                 if fault == "cut" and sent + len(chunk) >= 300:
                     conn.sendall(chunk[:300 - sent])
