@@ -93,7 +93,7 @@ def cloud_overhead(url: str, x: np.ndarray) -> dict:
 
     with Router(RouterConfig(tensor=Endpoint(url, protocol="kserve", model="digits"), mode="only_cloud")) as router:
         np.testing.assert_allclose(router.infer({"pixels": x}).outputs["logits"], raw(), rtol=1e-5)
-        result = interleaved_ratio(lambda: router.infer({"pixels": x}), raw, calls=40, rounds=15)
+        result = interleaved_ratio(lambda: router.infer({"pixels": x}), raw, calls=10, rounds=41)
     bare.close()
     return result
 

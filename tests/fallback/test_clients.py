@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edgewise.errors import CloudResponseError, CloudUnavailableError, FallbackConfigError
-from edgewise.fallback import Deadline, Endpoint, _loop
+from edgewise.fallback import Deadline, Endpoint
 from edgewise.fallback._kserve import KServeClient, decode, encode
 from edgewise.fallback._openai import OpenAIClient
 from tests.fallback import _servers
@@ -18,17 +18,17 @@ pytestmark = pytest.mark.slow
 
 def test_openai_chat_and_usage(llama_server):
     client = OpenAIClient(Endpoint(llama_server, model="smollm2"))
-    done = _loop.run(client.chat(QUESTION, max_tokens=24, deadline=Deadline(60)))
+    done = client.chat(QUESTION, max_tokens=24, deadline=Deadline(60))
     assert "Paris" in done.text
     assert done.prompt_tokens > 5 and 0 < done.completion_tokens <= 24
     assert done.finish_reason in ("stop", "length")
-    assert _loop.run(client.ready(Deadline(10)))
+    assert client.ready(Deadline(10))
 
 
 def test_openai_stream_matches_whole_answer(llama_server):
     client = OpenAIClient(Endpoint(llama_server))
-    whole = _loop.run(client.chat(QUESTION, max_tokens=16, deadline=Deadline(60)))
-    pieces = list(_loop.iterate(client.chat_stream(QUESTION, max_tokens=16, deadline=Deadline(60))))
+    whole = client.chat(QUESTION, max_tokens=16, deadline=Deadline(60))
+    pieces = list(client.chat_stream(QUESTION, max_tokens=16, deadline=Deadline(60)))
     assert len(pieces) > 3
     assert "".join(pieces) == whole.text
 
@@ -36,8 +36,8 @@ def test_openai_stream_matches_whole_answer(llama_server):
 def test_openai_plain_completion_whole_and_streamed(llama_server):
     client = OpenAIClient(Endpoint(llama_server))
     prompt = "The capital of France is"
-    whole = _loop.run(client.complete(prompt, max_tokens=8, deadline=Deadline(60)))
-    streamed = "".join(_loop.iterate(client.complete_stream(prompt, max_tokens=8, deadline=Deadline(60))))
+    whole = client.complete(prompt, max_tokens=8, deadline=Deadline(60))
+    streamed = "".join(client.complete_stream(prompt, max_tokens=8, deadline=Deadline(60)))
     assert "Paris" in whole.text and streamed == whole.text
     assert whole.completion_tokens == 8 or whole.finish_reason == "stop"
 
@@ -56,10 +56,10 @@ def test_bearer_token_from_config_and_environment(llama_server, monkeypatch):
         monkeypatch.setenv("MY_TOKEN", "from-env")
         for endpoint, expected in ((Endpoint(fp.url, token="from-config"), b"Bearer from-config"),
                                    (Endpoint(fp.url, token_env="MY_TOKEN"), b"Bearer from-env")):
-            _loop.run(OpenAIClient(endpoint).ready(Deadline(10)))
+            OpenAIClient(endpoint).ready(Deadline(10))
             assert b"authorization: " + expected.lower() in seen[-1].lower()
         monkeypatch.delenv("EDGEWISE_CLOUD_TOKEN", raising=False)
-        _loop.run(OpenAIClient(Endpoint(fp.url)).ready(Deadline(10)))
+        OpenAIClient(Endpoint(fp.url)).ready(Deadline(10))
         assert b"authorization" not in seen[-1].lower()
 
 
@@ -67,17 +67,17 @@ def test_tls_verification_is_on_by_default_and_refuses_a_plain_server(llama_serv
     endpoint = Endpoint(llama_server.replace("http://", "https://"))
     assert endpoint.verify is True
     with pytest.raises(CloudUnavailableError):
-        _loop.run(OpenAIClient(endpoint).ready(Deadline(5)))
+        OpenAIClient(endpoint).ready(Deadline(5))
 
 
 def test_kserve_ready_metadata_and_infer(mlserver, digits_weights):
     client = KServeClient(Endpoint(mlserver, protocol="kserve", model="digits", model_version="1"))
-    assert _loop.run(client.ready(Deadline(10)))
-    meta = _loop.run(client.metadata(Deadline(10)))
+    assert client.ready(Deadline(10))
+    meta = client.metadata(Deadline(10))
     assert meta["name"] == "digits"
     assert meta["inputs"] == [{"name": "pixels", "datatype": "FP32", "shape": [-1, 64]}]
     x = digits_weights["x"][:50]
-    out = _loop.run(client.infer({"pixels": x}, deadline=Deadline(10)))
+    out = client.infer({"pixels": x}, deadline=Deadline(10))
     w = np.load(digits_weights["npz"])
     expected = np.maximum(x @ w["w1"] + w["b1"], 0) @ w["w2"] + w["b2"]
     assert out["logits"].shape == (50, 10) and out["logits"].dtype == np.float32
@@ -88,7 +88,7 @@ def test_kserve_ready_metadata_and_infer(mlserver, digits_weights):
 def test_kserve_unknown_model_is_a_404_with_a_hint(mlserver):
     client = KServeClient(Endpoint(mlserver, protocol="kserve", model="nope"))
     with pytest.raises(CloudResponseError) as info:
-        _loop.run(client.infer({"pixels": np.zeros((1, 64), np.float32)}, deadline=Deadline(10)))
+        client.infer({"pixels": np.zeros((1, 64), np.float32)}, deadline=Deadline(10))
     assert info.value.status == 404
     assert "model name" in info.value.hint
 

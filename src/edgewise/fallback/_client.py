@@ -8,7 +8,7 @@ concurrency limit), plus one line in ``_PROTOCOLS``. The router only sees these 
 from __future__ import annotations
 
 import importlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -40,32 +40,32 @@ class CloudClient(Protocol):
     endpoint: Endpoint
     http: ResilientHTTP
 
-    async def ready(self, deadline: Deadline) -> bool: ...
+    def ready(self, deadline: Deadline) -> bool: ...
 
 
 class TextCloudClient(CloudClient, Protocol):
-    """Language models: chat and plain completions, whole or streamed (text pieces)."""
+    """Language models: chat and plain completions, whole or streamed (text pieces as they arrive)."""
 
-    async def chat(self, messages: Messages, *, max_tokens: int, temperature: float, stop: list[str] | None,
+    def chat(self, messages: Messages, *, max_tokens: int, temperature: float, stop: list[str] | None,
                    deadline: Deadline) -> CloudCompletion: ...
 
     def chat_stream(self, messages: Messages, *, max_tokens: int, temperature: float, stop: list[str] | None,
-                    deadline: Deadline) -> AsyncIterator[str]: ...
+                    deadline: Deadline) -> Iterator[str]: ...
 
-    async def complete(self, prompt: str, *, max_tokens: int, temperature: float, stop: list[str] | None,
+    def complete(self, prompt: str, *, max_tokens: int, temperature: float, stop: list[str] | None,
                        deadline: Deadline) -> CloudCompletion: ...
 
     def complete_stream(self, prompt: str, *, max_tokens: int, temperature: float, stop: list[str] | None,
-                        deadline: Deadline) -> AsyncIterator[str]: ...
+                        deadline: Deadline) -> Iterator[str]: ...
 
 
 class TensorCloudClient(CloudClient, Protocol):
     """Tensor models: named arrays in, named arrays out."""
 
-    async def infer(self, inputs: dict[str, np.ndarray], *, deadline: Deadline,
+    def infer(self, inputs: dict[str, np.ndarray], *, deadline: Deadline,
                     outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]: ...
 
-    async def metadata(self, deadline: Deadline) -> dict[str, Any]: ...
+    def metadata(self, deadline: Deadline) -> dict[str, Any]: ...
 
 
 # protocol -> (module, class)

@@ -27,7 +27,7 @@ _FROM_V2 = {v: k for k, v in _TO_V2.items()}
 class KServeClient:
     protocol = "kserve"
 
-    def __init__(self, endpoint: Endpoint, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(self, endpoint: Endpoint, *, transport: httpx.BaseTransport | None = None) -> None:
         self.endpoint = endpoint
         self.http = ResilientHTTP(endpoint, transport=transport)
         model = endpoint.model
@@ -38,26 +38,26 @@ class KServeClient:
         self._model_path = f"/v2/models/{model}" + (f"/versions/{endpoint.model_version}"
                                                     if endpoint.model_version else "")
 
-    async def ready(self, deadline: Deadline) -> bool:
+    def ready(self, deadline: Deadline) -> bool:
         """Server ready and this model ready (both answer 200 with an empty or {"ready": true} body)."""
-        await self.http.request("GET", "/v2/health/ready", deadline=deadline)
-        body = await self.http.request("GET", f"{self._model_path}/ready", deadline=deadline)
+        self.http.request("GET", "/v2/health/ready", deadline=deadline)
+        body = self.http.request("GET", f"{self._model_path}/ready", deadline=deadline)
         return not isinstance(body, dict) or body.get("ready", True) is not False
 
-    async def metadata(self, deadline: Deadline) -> dict[str, Any]:
-        body = await self.http.request("GET", self._model_path, deadline=deadline)
+    def metadata(self, deadline: Deadline) -> dict[str, Any]:
+        body = self.http.request("GET", self._model_path, deadline=deadline)
         if not isinstance(body, dict) or "inputs" not in body:
             raise CloudResponseError(f"{self.endpoint.name}{self._model_path}: not v2 model metadata",
                                      endpoint=self.endpoint.name)
         return body
 
-    async def infer(self, inputs: dict[str, np.ndarray], *, deadline: Deadline,
+    def infer(self, inputs: dict[str, np.ndarray], *, deadline: Deadline,
                     outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         body: dict[str, Any] = {"inputs": [encode(name, array) for name, array in inputs.items()]}
         if outputs:
             body["outputs"] = [{"name": name} for name in outputs]
         path = f"{self._model_path}/infer"
-        answer = await self.http.request("POST", path, deadline=deadline, json=body)
+        answer = self.http.request("POST", path, deadline=deadline, json=body)
         try:
             return {t["name"]: decode(t) for t in answer["outputs"]}
         except (KeyError, TypeError, ValueError) as exc:

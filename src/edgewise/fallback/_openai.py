@@ -7,12 +7,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import httpx
 
 from edgewise.errors import CloudResponseError
+from edgewise.fallback import _loop
 from edgewise.fallback._client import CloudCompletion, Messages
 from edgewise.fallback._http import ResilientHTTP
 from edgewise.fallback._resilience import Deadline
@@ -22,12 +23,12 @@ from edgewise.fallback.config import Endpoint
 class OpenAIClient:
     protocol = "openai"
 
-    def __init__(self, endpoint: Endpoint, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(self, endpoint: Endpoint, *, transport: httpx.BaseTransport | None = None) -> None:
         self.endpoint = endpoint
         self.http = ResilientHTTP(endpoint, transport=transport)
 
-    async def ready(self, deadline: Deadline) -> bool:
-        body = await self.http.request("GET", "/v1/models", deadline=deadline)
+    def ready(self, deadline: Deadline) -> bool:
+        body = self.http.request("GET", "/v1/models", deadline=deadline)
         return isinstance(body, dict) and isinstance(body.get("data"), list)
 
     def _body(self, key: str, value: Any, max_tokens: int, temperature: float, stop: Sequence[str] | None,
@@ -39,27 +40,27 @@ class OpenAIClient:
             body["stop"] = list(stop)
         return body
 
-    async def chat(self, messages: Messages, *, max_tokens: int, temperature: float = 0.0,
+    def chat(self, messages: Messages, *, max_tokens: int, temperature: float = 0.0,
                    stop: Sequence[str] | None = None, deadline: Deadline) -> CloudCompletion:
         body = self._body("messages", list(messages), max_tokens, temperature, stop, False)
-        answer = await self.http.request("POST", "/v1/chat/completions", deadline=deadline, json=body)
+        answer = self.http.request("POST", "/v1/chat/completions", deadline=deadline, json=body)
         return self._completion(answer, "/v1/chat/completions", lambda c: c["message"].get("content") or "")
 
-    async def complete(self, prompt: str, *, max_tokens: int, temperature: float = 0.0,
+    def complete(self, prompt: str, *, max_tokens: int, temperature: float = 0.0,
                        stop: Sequence[str] | None = None, deadline: Deadline) -> CloudCompletion:
         body = self._body("prompt", prompt, max_tokens, temperature, stop, False)
-        answer = await self.http.request("POST", "/v1/completions", deadline=deadline, json=body)
+        answer = self.http.request("POST", "/v1/completions", deadline=deadline, json=body)
         return self._completion(answer, "/v1/completions", lambda c: c["text"])
 
     def chat_stream(self, messages: Messages, *, max_tokens: int, temperature: float = 0.0,
-                    stop: Sequence[str] | None = None, deadline: Deadline) -> AsyncIterator[str]:
+                    stop: Sequence[str] | None = None, deadline: Deadline) -> Iterator[str]:
         body = self._body("messages", list(messages), max_tokens, temperature, stop, True)
-        return self._stream("/v1/chat/completions", body, deadline, lambda c: (c.get("delta") or {}).get("content"))
+        return _loop.iterate(self._stream("/v1/chat/completions", body, deadline, _delta))
 
     def complete_stream(self, prompt: str, *, max_tokens: int, temperature: float = 0.0,
-                        stop: Sequence[str] | None = None, deadline: Deadline) -> AsyncIterator[str]:
+                        stop: Sequence[str] | None = None, deadline: Deadline) -> Iterator[str]:
         body = self._body("prompt", prompt, max_tokens, temperature, stop, True)
-        return self._stream("/v1/completions", body, deadline, lambda c: c.get("text"))
+        return _loop.iterate(self._stream("/v1/completions", body, deadline, _text))
 
     async def _stream(self, path: str, body: dict[str, Any], deadline: Deadline, piece: Any) -> AsyncIterator[str]:
         done = False
@@ -94,3 +95,11 @@ class OpenAIClient:
         except (KeyError, IndexError, TypeError, AttributeError) as exc:
             raise CloudResponseError(f"{self.endpoint.name}{path}: not an OpenAI completion: {str(answer)[:200]}",
                                      endpoint=self.endpoint.name) from exc
+
+
+def _delta(choice: dict[str, Any]) -> str | None:
+    return (choice.get("delta") or {}).get("content")
+
+
+def _text(choice: dict[str, Any]) -> str | None:
+    return choice.get("text")

@@ -206,7 +206,7 @@ class Router:
             return self._loaded_tensor().run(inputs)
 
         def in_cloud() -> dict[str, np.ndarray]:
-            return _loop.run(self.tensor_cloud.infer(dict(inputs), deadline=deadline))
+            return self.tensor_cloud.infer(dict(inputs), deadline=deadline)
 
         result, served = self._execute(route, on_device, in_cloud, self.tensor_cloud, deadline, start)
         return TensorResponse(outputs=result, served=served)
@@ -217,6 +217,7 @@ class Router:
     def close(self) -> None:
         for client in (self.text_cloud, self.tensor_cloud):
             if client is not None:
+                client.http.close()
                 _loop.run(client.http.aclose())
 
     def __enter__(self) -> Router:
@@ -262,9 +263,8 @@ class Router:
             return TextResponse(done.text, _PENDING, done.finish_reason, done.prompt_tokens, done.completion_tokens)
 
         def in_cloud() -> TextResponse:
-            coro = (cloud.chat(payload, deadline=deadline, **args) if kind == "chat"
+            done = (cloud.chat(payload, deadline=deadline, **args) if kind == "chat"
                     else cloud.complete(payload, deadline=deadline, **args))
-            done = _loop.run(coro)
             return TextResponse(done.text, _PENDING, done.finish_reason, done.prompt_tokens, done.completion_tokens)
 
         answer, served = self._execute(route, on_device, in_cloud, cloud, deadline, start)
@@ -293,9 +293,8 @@ class Router:
             return iter(call(payload, stream=True, **args))
 
         def in_cloud() -> Iterator[str]:
-            agen = (cloud.chat_stream(payload, deadline=deadline, **args) if kind == "chat"
+            return (cloud.chat_stream(payload, deadline=deadline, **args) if kind == "chat"
                     else cloud.complete_stream(payload, deadline=deadline, **args))
-            return _loop.iterate(agen)
 
         def first(open_stream: Callable[[], Iterator[str]]) -> Iterator[str]:
             # Pull the first piece here, so a failure to start still falls back to the other side.
