@@ -10,25 +10,32 @@ model of that format is loaded (``pip install edgewise[onnx]`` is enough for ONN
 
 from edgewise.device_runtime._backend import Backend, LoadOptions, Session, known_formats, register_backend
 from edgewise.device_runtime._devices import BackendReport, DeviceReport, probe
+from edgewise.device_runtime._gguf_check import GgufInfo, read_gguf_info
 from edgewise.device_runtime._inputs import InputValidator
 from edgewise.device_runtime._model import Model, detect_format, load
 from edgewise.device_runtime._placement import Accelerator, Attempt, Placement, rank
+from edgewise.device_runtime._text import Completion, TextModel, TextStream
 
 __all__ = [
     "Accelerator",
     "Attempt",
     "Backend",
     "BackendReport",
+    "Completion",
     "DeviceReport",
+    "GgufInfo",
     "InputValidator",
     "LoadOptions",
     "Model",
     "Placement",
     "Session",
+    "TextModel",
+    "TextStream",
     "detect_format",
     "known_formats",
     "load",
     "probe",
     "rank",
+    "read_gguf_info",
     "register_backend",
 ]
