@@ -41,10 +41,10 @@ def llama_server(smollm2, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def device_llm(smollm2):
-    """The on-device language model: SmolLM2 with a small context (what a phone could afford)."""
-    from tests.fallback._llama_device import load_text_model
+    """The on-device language model: SmolLM2 through the GGUF backend, with a small context (a phone's)."""
+    from edgewise import device_runtime
 
-    return load_text_model(smollm2, n_ctx=DEVICE_CTX)
+    return device_runtime.load(smollm2, engine_options={"n_ctx": DEVICE_CTX})
 
 
 @pytest.fixture(scope="session")
