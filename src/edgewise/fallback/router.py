@@ -275,11 +275,17 @@ class Router:
         budget = min(self.config.device_deadline_s, deadline.remaining())
         device_deadline = Deadline(budget)
         pieces = []
-        for piece in call(payload, stream=True, **args):
-            pieces.append(piece)
-            if device_deadline.expired:
-                raise DeadlineExceededError(f"the device did not finish within {budget:.2f} s",
-                                            deadline_s=budget, where="on device")
+        stream = call(payload, stream=True, **args)
+        try:
+            for piece in stream:
+                pieces.append(piece)
+                if device_deadline.expired:
+                    raise DeadlineExceededError(f"the device did not finish within {budget:.2f} s",
+                                                deadline_s=budget, where="on device")
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()  # stop generating: the engine is free for the next request at once
         finish = "length" if len(pieces) >= args["max_tokens"] else "stop"
         return TextResponse("".join(pieces), _PENDING, finish, None, len(pieces))
 
