@@ -124,6 +124,8 @@ class ResilientHTTP:
             except httpx.TransportError as exc:
                 raise CloudUnavailableError(f"{self.endpoint.name}{path}: connection lost while reading the answer "
                                             f"({type(exc).__name__})", endpoint=self.endpoint.name) from exc
+            except httpx.HTTPError as exc:  # e.g. a body that does not decode (bad gzip)
+                raise self._protocol_error(exc, path) from exc
             finally:
                 response.close()
             verdict.append(True)
@@ -154,6 +156,8 @@ class ResilientHTTP:
                 raise self._timeout_error(exc, deadline, "waiting for the answer") from exc
             except httpx.TransportError as exc:
                 raise self._sent_error(exc, path) from exc
+            except httpx.HTTPError as exc:
+                raise self._protocol_error(exc, path) from exc
             if response.status_code < 400:
                 return response
             try:
@@ -220,6 +224,8 @@ class ResilientHTTP:
                             raise CloudUnavailableError(
                                 f"{self.endpoint.name}: stream cut after {received} lines ({type(exc).__name__})",
                                 endpoint=self.endpoint.name) from exc
+                        except httpx.HTTPError as exc:
+                            raise self._protocol_error(exc, path) from exc
                         received += 1
                         yield line
                 finally:
@@ -260,6 +266,8 @@ class ResilientHTTP:
                 raise self._timeout_error(exc, deadline, "waiting for the answer") from exc
             except httpx.TransportError as exc:
                 raise self._sent_error(exc, path) from exc
+            except httpx.HTTPError as exc:
+                raise self._protocol_error(exc, path) from exc
             if response.status_code < 400:
                 return response
             try:
@@ -318,6 +326,10 @@ class ResilientHTTP:
     def _sent_error(self, exc: Exception, path: str) -> CloudUnavailableError:
         return CloudUnavailableError(f"{self.endpoint.name}{path}: connection failed after sending "
                                      f"({type(exc).__name__}: {exc})", endpoint=self.endpoint.name)
+
+    def _protocol_error(self, exc: Exception, path: str) -> CloudResponseError:
+        return CloudResponseError(f"{self.endpoint.name}{path}: unreadable answer ({type(exc).__name__}: {exc})",
+                                  endpoint=self.endpoint.name)
 
     def _status_error(self, status: int, path: str, detail: str, attempt: int) -> CloudResponseError:
         attempts = f" after {attempt + 1} attempts" if attempt else ""
