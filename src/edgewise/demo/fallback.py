@@ -47,7 +47,7 @@ def run_fallback_demo(out: Path, *, text_model: Any = None) -> bool:
     from edgewise.errors import EdgewiseError, OnDeviceRefusedError
     from edgewise.fallback import Endpoint, Router, RouterConfig
 
-    _say(f"\n== 6. cloud fallback: SmolLM2 on the device ({DEVICE_CTX}-token context), over-long prompts to a "
+    _say(f"\n== 7. cloud fallback: SmolLM2 on the device ({DEVICE_CTX}-token context), over-long prompts to a "
          f"local stand-in cloud (llama.cpp server, {CLOUD_CTX} tokens)")
     gguf = smollm2_gguf()
     try:

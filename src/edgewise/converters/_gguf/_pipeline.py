@@ -73,7 +73,8 @@ def convert_text_generation(recipe: Recipe, *, progress: bool = True, fail_on_ga
                 row = _row(recipe, variant, path, metrics, params, float_row, notes=[])
                 if float_row is None:
                     float_row = row
-                _bundle(recipe, variant, path, row, digest, checkpoint.hf_architecture, written.vocab.pre)
+                _bundle(recipe, variant, path, row, digest, checkpoint.hf_architecture, written.vocab.pre,
+                        report.eval_data)
                 report.rows.append(row)
                 steps.info(_summary(row))
         assert reference is not None and reference_path is not None
@@ -91,7 +92,7 @@ def convert_text_generation(recipe: Recipe, *, progress: bool = True, fail_on_ga
                            "tokens_per_s": _quality.decode_speed(path, spec.parity_prompt,
                                                                  n_tokens=spec.speed_tokens, threads=threads)}
                 row = _row(recipe, variant, path, metrics, params, float_row, notes=notes)
-                _bundle(recipe, variant, path, row, digest, checkpoint.hf_architecture, None)
+                _bundle(recipe, variant, path, row, digest, checkpoint.hf_architecture, None, report.eval_data)
                 report.rows.append(row)
                 steps.info(_summary(row))
     report.write(recipe.output_dir)
@@ -133,7 +134,7 @@ def _row(recipe: Recipe, variant: str, path: Path, metrics: dict, params: int, f
 
 
 def _bundle(recipe: Recipe, variant: str, path: Path, row: ArtifactRow, digest: str, arch: str,
-            pre_tokenizer: str | None) -> None:
+            pre_tokenizer: str | None, eval_data: str) -> None:
     from edgewise.device_runtime import read_gguf_info
 
     info = read_gguf_info(path)
@@ -151,7 +152,7 @@ def _bundle(recipe: Recipe, variant: str, path: Path, row: ArtifactRow, digest: 
         entrypoint="model.gguf", files=(), signature=Signature(inputs=(), outputs=()), quantization=quant,
         source=Source(kind="huggingface", digest=digest, name=recipe.model.path.name), edgewise_version="",
         metrics={"gate": {"passed": row.passed, "budgets": row.budgets, "misses": [m.to_dict() for m in row.misses],
-                          "eval_data": "see report"},
+                          "eval_data": eval_data if variant not in FLOAT_TYPES else "parity prompt vs transformers"},
                  "quality": row.metrics},
         requirements=Requirements(backends=("llama.cpp",), min_ram_bytes=int(row.size_bytes * 1.2) + (64 << 20)),
         limits={"context_length": info.context_length, "architecture": info.architecture},

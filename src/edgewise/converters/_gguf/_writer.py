@@ -67,7 +67,7 @@ def write_gguf(checkpoint: HfCheckpoint, dest: str | Path, *, dtype: str = "f16"
             _add(writer, name, data, dtype, gguf)
             count += 1
             params += data.size
-            if progress and count % 32 == 0:
+            if progress and count % 64 == 0:
                 progress(f"{count} tensors")
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
