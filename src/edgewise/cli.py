@@ -1,4 +1,4 @@
-"""``edgewise`` command line: convert, run, inspect, devices, keys, publish, rollout, serve, sync, demo.
+"""``edgewise`` command line: convert, run, inspect, devices, keys, publish, rollout, serve, sync, ask, infer, demo.
 
 Exit codes: 0 success; 1 an accuracy gate failed (CI should stop); 2 any other edgewise
 error (message and hint on stderr, no traceback); 130 interrupted.
@@ -109,6 +109,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="only say whether an update applies")
     p.add_argument("--rollback", action="store_true", help="switch back to the previous version")
     p.set_defaults(handler=_sync)
+
+    p = sub.add_parser("ask", help="ask a language model through the fallback router (device or cloud)")
+    p.add_argument("prompt", nargs="+", help="the question (several: asked one after another)")
+    _router_arguments(p, model_help="on-device GGUF model or bundle (omit: cloud only)")
+    p.add_argument("--n-ctx", type=int, default=512, help="on-device context length (default 512)")
+    p.add_argument("--system", help="a system message")
+    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--stream", action="store_true", help="print the answer as it arrives")
+    p.set_defaults(handler=_ask)
+
+    p = sub.add_parser("infer", help="run a tensor model through the fallback router (device or cloud)")
+    p.add_argument("--input", action="append", default=[], metavar="[NAME=]FILE.npy", required=True,
+                   help="an input array (.npy, or .npz with one array per input); repeat for several inputs")
+    _router_arguments(p, model_help="on-device bundle or model file (omit: cloud only)")
+    p.add_argument("--output", type=Path, help="write outputs to this .npz")
+    p.set_defaults(handler=_infer)
 
     p = sub.add_parser("demo", help="the main job end to end on a real model and data set (no download)")
     p.add_argument("--out", type=Path, default=Path("edgewise-demo"))
@@ -383,6 +400,88 @@ def _download_progress():
             print(f"  download {done / 1e6:.1f} / {total / 1e6:.1f} MB ({10 * step} %)", file=sys.stderr, flush=True)
 
     return report
+
+
+def _router_arguments(p: argparse.ArgumentParser, *, model_help: str) -> None:
+    p.add_argument("--model", type=Path, help=model_help)
+    p.add_argument("--config", type=Path, help="fallback TOML (endpoints, mode, deadline); flags below override")
+    p.add_argument("--endpoint", help="cloud endpoint base URL (OpenAI-compatible for ask, KServe v2 for infer)")
+    p.add_argument("--endpoint-model", default="", help="model name on the endpoint")
+    p.add_argument("--mode", choices=["prefer_on_device", "only_on_device", "prefer_cloud", "only_cloud"])
+    p.add_argument("--deadline", type=float, help="seconds for the whole request")
+    p.add_argument("--insecure", action="store_true", help="do not verify the endpoint's TLS certificate")
+
+
+def _router_config(args: argparse.Namespace, kind: str):
+    import dataclasses
+
+    from edgewise.fallback import Endpoint, RouterConfig, load_config
+
+    config = load_config(args.config) if args.config else RouterConfig()
+    changes: dict = {}
+    if args.endpoint:
+        protocol = "openai" if kind == "text" else "kserve"
+        changes[kind] = Endpoint(args.endpoint, protocol=protocol, model=args.endpoint_model,
+                                 verify=not args.insecure)
+    if args.mode:
+        changes["mode"] = args.mode
+    if args.deadline:
+        changes["deadline_s"] = args.deadline
+    return dataclasses.replace(config, **changes) if changes else config
+
+
+def _device_model(path: Path | None, **load_kwargs):
+    """Load the on-device model; a model that cannot load here is reported and treated as not installed."""
+    if path is None:
+        return None
+    from edgewise import device_runtime
+
+    try:
+        return device_runtime.load(path, **load_kwargs)
+    except EdgewiseError as exc:
+        print(f"device model unavailable ({exc.message}); the cloud serves", file=sys.stderr)
+        return None
+
+
+def _ask(args: argparse.Namespace) -> int:
+    from edgewise.fallback import Router
+
+    config = _router_config(args, "text")
+    model = _device_model(args.model, engine_options={"n_ctx": args.n_ctx})
+    with Router(config, text_model=model) as router:
+        for prompt in args.prompt:
+            messages = ([{"role": "system", "content": args.system}] if args.system else [])
+            messages.append({"role": "user", "content": prompt})
+            options = {"max_tokens": args.max_tokens, "temperature": args.temperature}
+            if args.stream:
+                stream = router.chat_stream(messages, **options)
+                print(f"[{stream.served_by}: {stream.reason}] ", end="", flush=True)
+                for piece in stream:
+                    print(piece, end="", flush=True)
+                print()
+                continue
+            answer = router.chat(messages, **options)
+            print(answer.text.strip())
+            print(f"  -> {answer.served.describe()}")
+    return 0
+
+
+def _infer(args: argparse.Namespace) -> int:
+    from edgewise.fallback import Router
+
+    config = _router_config(args, "tensor")
+    model = _device_model(args.model)
+    names = [s.name for s in model.signature.inputs] if model is not None else []
+    inputs = _read_inputs(args.input, names or [f"input{i}" for i in range(len(args.input))])
+    with Router(config, tensor_model=model) as router:
+        answer = router.infer(inputs)
+    for name, array in answer.outputs.items():
+        print(f"output {name}: {array.dtype}{list(array.shape)}  {_preview(array)}")
+    print(f"  -> {answer.served.describe()}")
+    if args.output:
+        np.savez(args.output, **answer.outputs)
+        print(f"outputs written to {args.output}")
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:

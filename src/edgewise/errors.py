@@ -31,6 +31,12 @@ attached as ``__cause__``, so an app never has to import an engine to handle err
     │   ├── CorruptStoreError       the on-device store's pointer file is unreadable
     │   └── NoUsableModelError      no installed version of a model loads
     └── FallbackError               cloud routing problems (edgewise.fallback)
+        ├── FallbackConfigError     endpoint configuration invalid (URL, protocol, missing endpoint)
+        ├── CloudUnavailableError   the endpoint cannot be reached (connect failure, reset) after retries
+        ├── CircuitOpenError        the endpoint's circuit breaker is open: failing fast, device cannot serve
+        ├── DeadlineExceededError   the request's deadline passed (queued, on device or in the cloud)
+        ├── CloudResponseError      the endpoint answered with an HTTP error or an unreadable body (status)
+        └── OnDeviceRefusedError    only_on_device, and the device cannot serve this request (reason)
 """
 
 from __future__ import annotations
@@ -219,3 +225,61 @@ class NoUsableModelError(SyncError):
 
 class FallbackError(EdgewiseError):
     """Cloud routing failures (see edgewise.fallback)."""
+
+
+class FallbackConfigError(FallbackError):
+    default_hint = "See the fallback configuration in README.md (endpoint url, protocol, model, token)."
+
+
+class CloudUnavailableError(FallbackError):
+    """The cloud endpoint could not be reached (connect refused/timeout, connection reset, stream cut)."""
+
+    default_hint = "Check the endpoint URL and the network; prefer_on_device / prefer_cloud modes use the device."
+
+    def __init__(self, message: str, *, endpoint: str = "", hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.endpoint = endpoint
+
+
+class CircuitOpenError(FallbackError):
+    """The endpoint failed repeatedly; its circuit breaker refuses calls until ``retry_in_s`` has passed."""
+
+    default_hint = "The endpoint is failing; requests the device can serve still run there. Retry later."
+
+    def __init__(self, message: str, *, endpoint: str = "", retry_in_s: float = 0.0, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.endpoint = endpoint
+        self.retry_in_s = retry_in_s
+
+
+class DeadlineExceededError(FallbackError):
+    """The request's deadline passed before an answer arrived; ``where`` says at which stage."""
+
+    default_hint = "Give the request a longer deadline (deadline_s), ask for fewer tokens, or check the endpoint."
+
+    def __init__(self, message: str, *, deadline_s: float, where: str = "", hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.deadline_s = deadline_s
+        self.where = where
+
+
+class CloudResponseError(FallbackError):
+    """The endpoint answered, but with an HTTP error (``status``) or a body that is not the protocol's."""
+
+    default_hint = "Check the model name, the token and the request against the endpoint's API."
+
+    def __init__(self, message: str, *, status: int | None = None, endpoint: str = "",
+                 hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.status = status
+        self.endpoint = endpoint
+
+
+class OnDeviceRefusedError(FallbackError):
+    """Mode only_on_device, and the device cannot serve the request; ``reason`` is the routing code."""
+
+    default_hint = "Shorten the request, or allow the cloud (mode prefer_on_device)."
+
+    def __init__(self, message: str, *, reason: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.reason = reason

