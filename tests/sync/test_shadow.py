@@ -90,10 +90,11 @@ def test_full_shadow_queue_sheds_instead_of_blocking_the_caller():
     accepted = [runner.offer(x, {"y": x["x"]}) for _ in range(50)]
     offered_in = time.perf_counter() - start
     assert offered_in < 5.0  # 50 offers while the worker is stuck: none waited for it (bounded by 10 s)
-    assert accepted.count(True) <= 3 and runner.stats.shed >= 47
+    assert accepted.count(True) <= 4 and runner.metrics()["shed"] >= 46
     release.set()
     runner.drain()
-    assert runner.stats.samples + runner.stats.shed == runner.stats.offered == 50
+    figures = runner.metrics()
+    assert figures["samples"] + figures["shed"] == figures["offered"] == 50
     runner.close()
 
 

@@ -3,9 +3,10 @@
 Observation is opt-in per model and lives in a wrapper, so a plain ``Model.run`` is untouched
 (no branch, no flag: off costs nothing). The wrapper's ``run`` adds, on the caller's thread, two
 clock reads, a per-thread histogram increment and one random draw; the rare sampled request is
-copied onto a bounded queue. Everything else — encoding inputs by the privacy policy, drift
-histograms and PSI, sqlite writes, stats snapshots — happens on one background worker, in batches.
-A full queue sheds (counted), it never blocks the caller.
+copied into a bounded mailbox (``_worker.Mailbox``: an append, no lock, no wake-up). Everything
+else — encoding inputs by the privacy policy, drift histograms and PSI, sqlite writes, stats
+snapshots — happens on one background worker at low CPU priority, in batches.
+A full mailbox sheds (counted), it never blocks the caller.
 """
 
 from __future__ import annotations
@@ -13,9 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import queue
 import random
-import threading
 import time
 from bisect import bisect_left as _bucket
 from dataclasses import dataclass, field
@@ -29,13 +28,8 @@ from edgewise.device_runtime._metrics import LATENCY_BUCKETS as _bounds
 from edgewise.device_runtime._metrics import Metrics, Series, SeriesKey, default_metrics
 from edgewise.device_runtime._model import Model
 from edgewise.device_runtime._predlog import INPUT_POLICIES, PredictionLog, encode_tensors
-from edgewise.device_runtime._shadow import (
-    PromotionDecision,
-    PromotionPolicy,
-    ShadowRunner,
-    decide_promotion,
-    lower_priority,
-)
+from edgewise.device_runtime._shadow import PromotionDecision, PromotionPolicy, ShadowRunner, decide_promotion
+from edgewise.device_runtime._worker import Mailbox
 from edgewise.errors import InputError
 
 SNAPSHOT_PREFIX = "stats-"
@@ -112,17 +106,15 @@ class ObservedModel:
         if config.directory is not None and config.log:
             self.log = PredictionLog(Path(config.directory), max_records=config.max_records,
                                      max_bytes=config.max_bytes)
-        self.shed = 0
-        self.sampled = 0
         self.shadow: ShadowRunner | None = None
         self._shadow_rate = 0.0
         self._shadow_policy: PromotionPolicy | None = None
         self._shadow_version = ""
         self._last_decision: str | None = None
-        self._queue: queue.Queue = queue.Queue(maxsize=config.queue_size)
         self._closed = False
-        self._worker = threading.Thread(target=self._work, name=f"edgewise-observe-{self.name}", daemon=True)
-        self._worker.start()
+        self._next_snapshot = time.monotonic() + config.snapshot_interval_s
+        self._mailbox = Mailbox(self._process, capacity=config.queue_size, interval=config.flush_interval_s,
+                                name=f"edgewise-observe-{self.name}", tick=self._tick)
 
     # ----------------------------------------------------------------- the hot path
 
@@ -151,13 +143,18 @@ class ObservedModel:
 
     def _sample(self, feed: dict[str, np.ndarray], outputs: dict[str, np.ndarray], elapsed: float) -> None:
         # Copies: the caller may reuse its buffers once run() returns.
-        item = ({k: np.array(v) for k, v in feed.items()}, {k: np.array(v) for k, v in outputs.items()},
-                elapsed, time.time())
-        try:
-            self._queue.put_nowait(item)
-            self.sampled += 1
-        except queue.Full:
-            self.shed += 1
+        self._mailbox.put(({k: np.array(v) for k, v in feed.items()}, {k: np.array(v) for k, v in outputs.items()},
+                           elapsed, time.time()))
+
+    @property
+    def sampled(self) -> int:
+        """Sampled requests handled by the worker so far (in the log and the drift histograms)."""
+        return self._mailbox.handled
+
+    @property
+    def shed(self) -> int:
+        """Sampled requests dropped because the worker's mailbox was full."""
+        return self._mailbox.shed
 
     # ----------------------------------------------------------------- Model's surface
 
@@ -226,7 +223,7 @@ class ObservedModel:
         """
         if self.shadow is None or self._shadow_policy is None:
             return None
-        decision = decide_promotion(self.shadow.stats.metrics(), self._shadow_policy)
+        decision = decide_promotion(self.shadow.metrics(), self._shadow_policy)
         if decision.action != self._last_decision:
             self._last_decision = decision.action
             self._event("shadow", {"candidate": self._shadow_version, **decision.to_dict()})
@@ -239,9 +236,7 @@ class ObservedModel:
 
     def flush(self, timeout: float = 30.0) -> None:
         """Wait until every sampled request so far is in the log and the drift histograms."""
-        done = threading.Event()
-        self._queue.put(("flush", done), timeout=timeout)
-        done.wait(timeout)
+        self._mailbox.flush(timeout)
         if self.shadow is not None:
             self.shadow.drain(timeout)
 
@@ -260,7 +255,7 @@ class ObservedModel:
         if self.shadow is not None:
             decision = self.shadow_decision()
             out["shadow"] = {"candidate": self._shadow_version, "rate": self._shadow_rate,
-                             **self.shadow.stats.metrics(), "decision": decision.to_dict() if decision else None}
+                             **self.shadow.metrics(), "decision": decision.to_dict() if decision else None}
         return out
 
     def write_snapshot(self) -> Path | None:
@@ -280,8 +275,7 @@ class ObservedModel:
             return
         self._closed = True
         self.detach_shadow()
-        self._queue.put(("stop", None))
-        self._worker.join(30.0)
+        self._mailbox.close()
         self.write_snapshot()
         if self.log is not None:
             self.log.close()
@@ -292,33 +286,16 @@ class ObservedModel:
         if self.log is not None:
             self.log.append([{"kind": kind, "model": self.name, "version": self.version, "ts": time.time(), **body}])
 
-    def _work(self) -> None:
-        lower_priority()
-        pending: list[tuple] = []
-        next_snapshot = time.monotonic() + self.config.snapshot_interval_s
-        while True:
-            try:
-                item = self._queue.get(timeout=self.config.flush_interval_s)
-            except queue.Empty:
-                item = None
-            control = item if item is not None and isinstance(item[0], str) else None
-            if item is not None and control is None:
-                pending.append(item)
-            if pending and (control is not None or item is None or len(pending) >= 64):
-                self._process(pending)
-                pending = []
-            if control is not None:
-                if control[0] == "stop":
-                    return
-                control[1].set()
-            if time.monotonic() >= next_snapshot:
-                next_snapshot = time.monotonic() + self.config.snapshot_interval_s
-                with contextlib.suppress(OSError):  # a full disk must not stop the worker; retried next time
-                    self.write_snapshot()
+    def _tick(self) -> None:
+        if time.monotonic() >= self._next_snapshot:
+            self._next_snapshot = time.monotonic() + self.config.snapshot_interval_s
+            with contextlib.suppress(OSError):  # a full disk must not stop the worker; retried next time
+                self.write_snapshot()
 
     def _process(self, items: list[tuple]) -> None:
         records = []
         for feed, outputs, elapsed, ts in items:
+            time.sleep(0)  # hand the GIL to a waiting request thread between items
             if self.drift is not None:
                 self.drift.update(feed, outputs)
             if self.log is not None:

@@ -1,7 +1,7 @@
 """Shadow evaluation: a candidate version runs beside the served one, off the caller's path.
 
-The caller's thread only offers a sampled request to a bounded queue (``put_nowait``; a full
-queue sheds the request and counts it). One background worker runs the candidate on it and
+The caller's thread only offers a sampled request to a bounded mailbox (``_worker.Mailbox``; a full
+one sheds the request and counts it). One background worker runs the candidate on it and
 compares the two outputs with the metrics the bundle's accuracy gate uses (top-1 agreement for
 classification, cosine per sample, max absolute error). ``decide_promotion`` is the pure policy
 over those figures that the sync client asks before it switches to the candidate.
@@ -9,16 +9,13 @@ over those figures that the sync client asks before it switches to the candidate
 
 from __future__ import annotations
 
-import contextlib
-import os
-import queue
-import sys
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from edgewise.device_runtime._worker import Mailbox
 
 _EPS = 1e-12
 
@@ -33,6 +30,7 @@ class ShadowStats:
     cosine_min: float = 1.0
     max_abs_error: float = 0.0
     offered: int = 0
+    runs: int = 0
     shed: int = 0
     errors: int = 0
     classification: bool = False
@@ -135,18 +133,6 @@ def decide_promotion(metrics: Mapping[str, Any], policy: PromotionPolicy) -> Pro
     return PromotionDecision("promote", f"all budgets held over {samples} shadow samples", dict(metrics))
 
 
-def lower_priority() -> None:
-    """Run the calling (background) thread at the lowest CPU priority where the OS allows it per thread.
-
-    On Linux a thread is a task with its own nice value: at nice 19 the scheduler gives it ~1.5 % of
-    a core the app's threads want, so shadow runs and log writes use idle CPU, not the caller's.
-    Elsewhere (macOS, Windows) this is a no-op and the sampling rate alone bounds the cost.
-    """
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(AttributeError, OSError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-
-
 class ShadowRunner:
     """A background worker (at low CPU priority) that runs ``candidate`` on offered requests and keeps ``stats``.
 
@@ -156,55 +142,35 @@ class ShadowRunner:
 
     def __init__(self, candidate: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], *,
                  output: str | None = None, classification: bool = False, queue_size: int = 64,
-                 on_result: Callable[[ShadowStats], None] | None = None) -> None:
+                 interval: float = 0.02) -> None:
         self._candidate = candidate
         self._output = output
         self.stats = ShadowStats(classification=classification)
-        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
-        self._on_result = on_result
-        self._lock = threading.Lock()
-        self._stop = object()
-        self._thread = threading.Thread(target=self._work, name="edgewise-shadow", daemon=True)
-        self._thread.start()
+        self._mailbox = Mailbox(self._handle, capacity=queue_size, interval=interval, name="edgewise-shadow")
 
     def offer(self, feed: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> bool:
-        """Called on the caller's thread: O(1), never blocks; False when the queue was full (shed)."""
-        self.stats.offered += 1
-        try:
-            self._queue.put_nowait((feed, outputs))
-        except queue.Full:
-            self.stats.shed += 1
-            return False
-        return True
+        """Called on the caller's thread: O(1), never blocks, wakes nobody; False when full (shed, counted)."""
+        return self._mailbox.put((feed, outputs))
+
+    def metrics(self) -> dict[str, Any]:
+        self.stats.shed = self._mailbox.shed
+        self.stats.offered = self.stats.runs + self.stats.errors + self._mailbox.shed + len(self._mailbox)
+        return self.stats.metrics()
 
     def drain(self, timeout: float = 30.0) -> None:
-        """Wait until everything offered so far was compared (tests, shutdown)."""
-        done = threading.Event()
-        self._queue.put((None, done), timeout=timeout)
-        done.wait(timeout)
+        """Wait until everything offered so far was compared (tests, shutdown, benchmarks)."""
+        self._mailbox.flush(timeout)
+        self.metrics()
 
     def close(self, timeout: float = 10.0) -> None:
-        try:
-            self._queue.put((self._stop, None), timeout=timeout)
-        except queue.Full:
-            return
-        self._thread.join(timeout)
+        self._mailbox.close(timeout)
 
-    def _work(self) -> None:
-        lower_priority()
-        while True:
-            feed, outputs = self._queue.get()
-            if feed is self._stop:
-                return
-            if feed is None:
-                outputs.set()
-                continue
+    def _handle(self, items: list[tuple]) -> None:
+        for feed, outputs in items:
             try:
                 got = self._candidate(feed)
                 name = self._output or next(iter(outputs))
-                with self._lock:
-                    self.stats.add(outputs[name], got[name])
+                self.stats.add(outputs[name], got[name])
+                self.stats.runs += 1
             except Exception:  # a broken candidate is a finding, not a crash of the app
                 self.stats.errors += 1
-            if self._on_result is not None:
-                self._on_result(self.stats)
