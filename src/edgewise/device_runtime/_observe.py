@@ -295,7 +295,6 @@ class ObservedModel:
     def _process(self, items: list[tuple]) -> None:
         records = []
         for feed, outputs, elapsed, ts in items:
-            time.sleep(0)  # hand the GIL to a waiting request thread between items
             if self.drift is not None:
                 self.drift.update(feed, outputs)
             if self.log is not None:

@@ -75,7 +75,7 @@ def encode_tensors(tensors: Mapping[str, np.ndarray], policy: str) -> dict[str, 
     out: dict[str, Any] = {}
     for name, value in tensors.items():
         array = np.ascontiguousarray(value)
-        entry: dict[str, Any] = {"dtype": str(array.dtype), "shape": list(array.shape)}
+        entry: dict[str, Any] = {"dtype": _dtype_name(array.dtype), "shape": list(array.shape)}
         if array.dtype.kind in "OUS":  # strings: JSON as they are
             entry["data" if policy == "full" else "sha256"] = (
                 array.tolist() if policy == "full"
@@ -86,6 +86,17 @@ def encode_tensors(tensors: Mapping[str, np.ndarray], policy: str) -> dict[str, 
             entry["sha256"] = hashlib.sha256(array.tobytes()).hexdigest()
         out[name] = entry
     return out
+
+
+_DTYPE_NAMES: dict[np.dtype, str] = {}
+
+
+def _dtype_name(dtype: np.dtype) -> str:
+    """``str(dtype)`` costs ~20 µs in numpy 2 (it inspects the type hierarchy): cached."""
+    name = _DTYPE_NAMES.get(dtype)
+    if name is None:
+        name = _DTYPE_NAMES[dtype] = str(dtype)
+    return name
 
 
 def decode_tensors(encoded: Mapping[str, Any]) -> dict[str, np.ndarray]:
