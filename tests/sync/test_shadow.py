@@ -20,6 +20,7 @@ from edgewise.errors import PromotionRefusedError
 from edgewise.sync._rollout import DeviceProfile
 from edgewise.sync.client import SyncClient
 from edgewise.sync.publisher import Publisher
+from tests.sync.test_upload import LogServer
 
 
 @pytest.fixture
@@ -71,10 +72,15 @@ def test_promotion_needs_enough_agreeing_shadow_samples(repo, device, tmp_path, 
         with pytest.raises(PromotionRefusedError, match="reject"):
             device.promote("digits", "1.1.0", decision)
         assert device.store.current("digits").version == "1.0.0"
-    # the verdicts went into the prediction log, to be uploaded with it
+    # the verdicts went into the prediction log, and the sync client uploads them with it
     actions = [r["action"] for r in served.log.records("shadow")]
     assert actions == ["wait", "promote" if matching else "reject"]
     served.close()
+    with LogServer() as collector:
+        report = device.upload_log(collector.url)
+    kinds = [r["kind"] for r in collector.records]
+    assert report.left == 0 and kinds.count("shadow") == 2
+    assert kinds.count("promotion") == (1 if matching else 0)
 
 
 def test_full_shadow_queue_sheds_instead_of_blocking_the_caller():

@@ -31,6 +31,7 @@ class LogServer:
         self.lock = threading.Lock()
         self.batches: dict[str, int] = {}
         self.seqs: list[int] = []
+        self.records: list[dict] = []
         self.posts = 0
         self.duplicates = 0
         self.fail = 0
@@ -61,7 +62,8 @@ class LogServer:
                         server.duplicates += 1
                     else:
                         server.batches[body["batch_id"]] = len(body["records"])
-                        server.seqs.extend(r["seq"] for r in body["records"])
+                        server.seqs.extend(r["seq"] for r in body["records"] if "seq" in r)
+                        server.records.extend(body["records"])
                     hold = server.hold
                     server.received.notify_all()
                 if hold is not None:

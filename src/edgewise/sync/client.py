@@ -34,7 +34,7 @@ from edgewise.sync._fetcher import HttpxFetcher, Progress
 from edgewise.sync._release import Release, release_target_path
 from edgewise.sync._rollout import Decision, DeviceProfile, decide
 from edgewise.sync._upload import LogUploader, UploadReport
-from edgewise.sync.store import OBSERVE_DIR, Installed, ModelStore
+from edgewise.sync.store import Installed, ModelStore
 
 
 @dataclass(frozen=True)
@@ -162,11 +162,18 @@ class SyncClient:
                 f"{model} {version} is not promoted: {decision.action} ({decision.reason})",
                 model=model, version=version, action=decision.action,
             )
-        return self.store.promote(model, version, reason=decision.reason)
+        installed = self.store.promote(model, version, reason=decision.reason)
+        log = PredictionLog(self.store.observe_dir)  # the verdict goes upstream with the next upload
+        try:
+            log.append([{"kind": "promotion", "model": model, "version": version,
+                         "previous": installed.previous, **decision.to_dict()}])
+        finally:
+            log.close()
+        return installed
 
     def upload_log(self, endpoint: str, log: PredictionLog | Path | None = None, **options: Any) -> UploadReport:
         """Send the store's prediction log (``<store>/observe``) to ``endpoint``; see ``LogUploader``."""
-        uploader = LogUploader(log if log is not None else self.store.root / OBSERVE_DIR, endpoint,
+        uploader = LogUploader(log if log is not None else self.store.observe_dir, endpoint,
                                device_id=options.pop("device_id", self.device.device_id), **options)
         try:
             return uploader.upload()
