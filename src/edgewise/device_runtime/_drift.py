@@ -171,7 +171,7 @@ class DriftMonitor:
 
     def status(self) -> DriftStatus:
         scores: dict[str, float] = {}
-        if self._samples >= self.min_samples or self._samples >= self.window / 2:
+        if self._samples >= min(self.min_samples, self.window / 2):  # halving never hides a verdict again
             for feature in self.features:
                 counts = self._counts[feature.name]
                 if counts.sum() > 0:

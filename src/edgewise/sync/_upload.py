@@ -60,13 +60,15 @@ class LogUploader:
         self._own_client = client is None
 
     def upload(self, *, max_batches: int | None = None) -> UploadReport:
-        """Send sealed and unsent records until none are left (or ``max_batches``).
+        """Send the records the log holds now, in batches (at most ``max_batches``).
 
-        Raises ``RepositoryUnreachableError`` when a batch cannot be delivered after the retries;
-        everything not acknowledged stays in the log for the next call.
+        Records written while it runs wait for the next call, so an app logging fast cannot keep one
+        upload going forever. Raises ``RepositoryUnreachableError`` when a batch cannot be delivered
+        after the retries; everything not acknowledged stays in the log for the next call.
         """
         batches = records = attempts = 0
-        while max_batches is None or batches < max_batches:
+        budget = self.log.stats()["records"]
+        while records < budget and (max_batches is None or batches < max_batches):
             batch = self.log.seal_batch(self.batch_size)
             if batch is None:
                 break
