@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from edgewise import device_runtime
+from edgewise.cli import main
 from edgewise.demo.bundles import make_bundle
 from edgewise.device_runtime import Metrics, PromotionPolicy, decide_promotion, observed
 from edgewise.device_runtime._shadow import ShadowRunner
@@ -46,7 +47,7 @@ def shadow_run(client: SyncClient, batches: int) -> device_runtime.ObservedModel
 
 
 @pytest.mark.parametrize("matching", [True, False])
-def test_promotion_needs_enough_agreeing_shadow_samples(repo, device, tmp_path, matching):
+def test_promotion_needs_enough_agreeing_shadow_samples(repo, device, tmp_path, capsys, matching):
     # matching: the same weights as the served 1.0.0 (seed 0); worse: unrelated weights (seed 1)
     candidate = make_bundle(tmp_path, "digits", "1.1.0", seed=0) if matching else repo.bundles["1.1.0"]
     Publisher(repo.root, repo.keys).publish(candidate, channel="shadow")
@@ -76,6 +77,10 @@ def test_promotion_needs_enough_agreeing_shadow_samples(repo, device, tmp_path, 
     actions = [r["action"] for r in served.log.records("shadow")]
     assert actions == ["wait", "promote" if matching else "reject"]
     served.close()
+    assert main(["stats", str(device.store.root)]) == 0  # what a support tool sees on the device
+    shown = capsys.readouterr().out
+    assert f"digits: serving {'1.1.0' if matching else '1.0.0'}" in shown
+    assert "shadow 1.1.0: 240 compared, shed 0; " + ("promote" if matching else "reject") in shown
     with LogServer() as collector:
         report = device.upload_log(collector.url)
     kinds = [r["kind"] for r in collector.records]

@@ -174,6 +174,18 @@ class ObservedModel:
     def path(self) -> Path:
         return self.model.path
 
+    @property
+    def backend(self) -> str:
+        return self.model.backend
+
+    @property
+    def device(self) -> str:
+        return self.model.device
+
+    @property
+    def accelerator(self) -> str:
+        return self.model.accelerator
+
     def __enter__(self) -> ObservedModel:
         return self
 
@@ -271,12 +283,16 @@ class ObservedModel:
         return path
 
     def close(self) -> None:
+        """Flush the log, write a last snapshot (shadow figures included), stop the workers.
+
+        The wrapped ``Model`` stays open: it belongs to the caller.
+        """
         if self._closed:
             return
         self._closed = True
-        self.detach_shadow()
         self._mailbox.close()
         self.write_snapshot()
+        self.detach_shadow()
         if self.log is not None:
             self.log.close()
 
