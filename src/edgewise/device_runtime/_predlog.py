@@ -21,7 +21,6 @@ import base64
 import contextlib
 import hashlib
 import json
-import sqlite3
 import threading
 import time
 import uuid
@@ -33,6 +32,11 @@ from typing import Any
 import numpy as np
 
 from edgewise.errors import PredictionLogError
+
+try:  # some embedded Python builds leave sqlite3 out: metrics still work there, the log says what is missing
+    import sqlite3
+except ImportError:  # pragma: no cover - CPython on every platform we test ships it
+    sqlite3 = None  # type: ignore[assignment]
 
 INPUT_POLICIES = ("full", "hashed", "dropped")
 LOG_NAME = "predlog.sqlite"
@@ -115,6 +119,9 @@ class PredictionLog:
     def __init__(self, path: Path, *, max_records: int | None = None, max_bytes: int | None = None) -> None:
         if max_records is not None and max_records < 2:
             raise ValueError("max_records must be >= 2")
+        if sqlite3 is None:
+            raise PredictionLogError("the prediction log needs Python's sqlite3 module, which this build lacks",
+                                     hint="Use a Python with sqlite3, or observe with directory=None (metrics only).")
         path = Path(path)
         if path.is_dir() or not path.suffix:
             path.mkdir(parents=True, exist_ok=True)
