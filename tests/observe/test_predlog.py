@@ -100,3 +100,41 @@ def test_sampling_rate_and_flood_from_threads_keep_the_cap(mlp_onnx, tmp_path):
     assert stats["written"] == watched.sampled and 1700 < watched.sampled + watched.shed < 2300  # ~50 % of 4000
     assert stats["dropped"] == stats["written"] - stats["records"]
     watched.close()
+
+
+_WRITER = """
+import sys, numpy as np
+from edgewise import device_runtime as d
+w = d.observed(d.load(sys.argv[1]), directory=sys.argv[2], metrics=d.Metrics(), sample_rate=1.0, inputs="full",
+               max_records=300, flush_interval_s=0.01, queue_size=100000)
+x = np.ones((2, 16), np.float32)
+print("ready", flush=True)
+while True:
+    w.run({"x": x})
+"""
+
+
+@pytest.mark.slow
+def test_app_killed_mid_write_leaves_a_consistent_bounded_log(mlp_onnx, tmp_path):
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+
+    for trial in range(3):
+        proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(mlp_onnx), str(tmp_path / "obs")],
+                                stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(0.3 + 0.2 * trial)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        db = sqlite3.connect(tmp_path / "obs" / "predlog.sqlite")
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        db.close()
+        log = PredictionLog(tmp_path / "obs")  # a restart: caps come from the file
+        stats = log.stats()
+        assert stats["max_records"] == 300 and 0 < stats["records"] <= 300
+        assert stats["written"] == stats["records"] + stats["dropped"]  # every record accounted for
+        log.close()
+    assert stats["written"] > 300  # the cap was exercised across the restarts
