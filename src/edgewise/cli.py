@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -57,6 +58,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="fail instead of falling back to the CPU")
     p.add_argument("--threads", type=int)
     p.add_argument("--output", type=Path, help="write outputs to this .npz")
+    p.add_argument("--prompt", help="language models (GGUF): the text to answer, streamed as it is generated")
+    p.add_argument("--raw", action="store_true", help="with --prompt: continue the text instead of chatting")
+    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--n-ctx", type=int, help="language models: context window to allocate")
     p.set_defaults(handler=_run)
 
     p = sub.add_parser("inspect", help="show a bundle's manifest (verified) or a model file's signature")
@@ -113,6 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the main job end to end on a real model and data set (no download)")
     p.add_argument("--out", type=Path, default=Path("edgewise-demo"))
     p.add_argument("--no-encoder", action="store_true", help="skip the MiniLM sentence-encoder part")
+    p.add_argument("--no-llm", action="store_true", help="skip the SmolLM2 language-model part")
     p.set_defaults(handler=_demo)
     return parser
 
@@ -134,9 +140,13 @@ def _convert(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from edgewise import device_runtime
 
-    model = device_runtime.load(args.artifact, device=args.device, strict=args.strict, threads=args.threads)
+    options = {"n_ctx": args.n_ctx} if args.n_ctx else None
+    model = device_runtime.load(args.artifact, device=args.device, strict=args.strict, threads=args.threads,
+                                engine_options=options)
     print(f"model:  {args.artifact}")
     print(f"placed: {model.placement.describe()}")
+    if isinstance(model, device_runtime.TextModel):
+        return _run_text(model, args)
     expected = None
     if args.sample:
         if model.bundle is None or model.bundle.manifest.sample is None:
@@ -161,6 +171,24 @@ def _run(args: argparse.Namespace) -> int:
     if args.output:
         np.savez(args.output, **outputs)
         print(f"outputs written to {args.output}")
+    return 0
+
+
+def _run_text(model, args: argparse.Namespace) -> int:
+    if not args.prompt:
+        raise InputError("a language model needs --prompt TEXT")
+    print(f"offload: {model.offload.reason}; context {model.context_length} tokens")
+    if args.raw:
+        stream = model.generate(args.prompt, max_tokens=args.max_tokens, stream=True)
+    else:
+        stream = model.chat([{"role": "user", "content": args.prompt}], max_tokens=args.max_tokens, stream=True)
+    start = time.perf_counter()
+    for piece in stream:
+        print(piece, end="", flush=True)
+    done = stream.completion
+    elapsed = time.perf_counter() - start
+    print(f"\n[{done.prompt_tokens} prompt + {done.completion_tokens} generated tokens, "
+          f"{done.completion_tokens / elapsed:.1f} tokens/s, finish: {done.finish_reason}]")
     return 0
 
 
@@ -213,17 +241,43 @@ def _inspect(args: argparse.Namespace) -> int:
         gate = m.metrics.get("gate", {})
         if gate:
             print(f"gate:          {'passed' if gate.get('passed') else 'FAILED'} on {gate.get('eval_data', '?')}")
-            for key, value in sorted(m.metrics.get("vs_source", {}).items()):
+            for key, value in sorted((m.metrics.get("vs_source") or m.metrics.get("quality") or {}).items()):
                 print(f"  {key:<22} {value:.6g}" if isinstance(value, float) else f"  {key:<22} {value}")
         print(f"made by:       edgewise {m.edgewise_version}, schema {m.schema_version}, {m.created}")
         return 0
     fmt = device_runtime.detect_format(path)
+    if fmt == "gguf":  # described from the checked header: no need to load the weights
+        return _inspect_gguf(path, args.json)
     model = device_runtime.load(path, device="cpu", warmup=False)
     if args.json:
         print(json.dumps({"format": fmt, "signature": model.signature.to_dict()}, indent=2))
         return 0
     print(f"file:    {path}  [{fmt}, {path.stat().st_size / 1e6:.3f} MB]")
     _print_signature(model.signature)
+    return 0
+
+
+def _inspect_gguf(path: Path, as_json: bool) -> int:
+    from collections import Counter
+
+    from gguf import GGMLQuantizationType
+
+    from edgewise.device_runtime import read_gguf_info
+
+    info = read_gguf_info(path)
+    types = Counter(GGMLQuantizationType(t.type_id).name for t in info.tensors)
+    summary = {"format": "gguf", "version": info.version, "architecture": info.architecture,
+               "context_length": info.context_length, "blocks": info.block_count, "tensors": len(info.tensors),
+               "tensor_types": dict(types), "chat_template": bool(info.chat_template),
+               "name": info.metadata.get("general.name")}
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(f"file:    {path}  [gguf v{info.version}, {info.file_size / 1e6:.3f} MB, header and tensor extents checked]")
+    print(f"model:   {summary['name']}  ({info.architecture}, {info.block_count} blocks, "
+          f"context {info.context_length})")
+    print(f"tensors: {len(info.tensors)}  " + ", ".join(f"{n} {t}" for t, n in types.most_common()))
+    print(f"chat:    {'template in file' if info.chat_template else 'no chat template'}")
     return 0
 
 
@@ -358,7 +412,7 @@ def _download_progress():
 def _demo(args: argparse.Namespace) -> int:
     from edgewise.demo import run_demo
 
-    return run_demo(args.out, encoder=not args.no_encoder)
+    return run_demo(args.out, encoder=not args.no_encoder, llm=not args.no_llm)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ attached as ``__cause__``, so an app never has to import an engine to handle err
     ├── ConversionError             a converter could not produce an artifact
     │   ├── RecipeError             the recipe (TOML) is invalid or names a missing file
     │   ├── DataError               calibration / evaluation data unusable
+    │   ├── UnsupportedModelError   an architecture, operator or tokenizer a target format cannot take
     │   └── GateFailedError         an artifact missed its accuracy budget (carries the table)
     ├── SyncError                   over-the-air update problems (edgewise.sync)
     │   ├── RepositoryUnreachableError  the update server cannot be reached or answers with an HTTP error
@@ -144,6 +145,12 @@ class RecipeError(ConversionError):
 
 class DataError(ConversionError):
     default_hint = "Calibration and evaluation data must match the model's inputs (names, dtypes, shapes)."
+
+
+class UnsupportedModelError(ConversionError):
+    """The source model uses something the target format or converter cannot express."""
+
+    default_hint = "Choose another target format for this model, or change the unsupported part."
 
 
 class GateFailedError(ConversionError):

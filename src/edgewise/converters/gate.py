@@ -32,6 +32,8 @@ class Budgets:
     max_abs_error_max: float | None = None
     speedup_min: float | None = None  # vs the float artifact at the report's batch size
     size_ratio_min: float | None = None  # float artifact size / this artifact's size
+    kld_max: float | None = None  # language models: mean KL divergence from the float model's next-token distribution
+    ppl_delta_max_pct: float | None = None  # language models: perplexity increase over the float model, in %
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "budgets") -> Budgets:
@@ -60,11 +62,16 @@ _CHECKS = (
     ("max_abs_error", "max_abs_error_max", "max"),
     ("speedup", "speedup_min", "min"),
     ("size_ratio", "size_ratio_min", "min"),
+    ("kld_mean", "kld_max", "max"),
+    ("ppl_delta_pct", "ppl_delta_max_pct", "max"),
 )
 
 
 def default_budgets(task: str, quantized: bool) -> Budgets:
     """Budgets used when the recipe names none: float exports must match the source almost exactly."""
+    if task == "text-generation":
+        # float: next-token argmax vs transformers on the parity prompt; quantized: vs the float GGUF.
+        return Budgets(top1_agreement_min=0.9) if not quantized else Budgets(kld_max=0.1, top1_agreement_min=0.8)
     if not quantized:
         return Budgets(cosine_min=0.9999, top1_agreement_min=0.999 if task == "classification" else None)
     if task == "classification":

@@ -58,6 +58,10 @@ def convert(recipe: Recipe | str | Path, *, progress: bool = True, fail_on_gate:
     """
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
+    if recipe.model.task == "text-generation":  # language models: GGUF, gated by perplexity / KL divergence
+        from edgewise.converters._gguf._pipeline import convert_text_generation
+
+        return convert_text_generation(recipe, progress=progress, fail_on_gate=fail_on_gate)
     variants = [(t.format, v) for t in recipe.targets for v in t.variants]
     steps = Progress(total=3 + 2 * len(variants) + (3 if recipe.distill else 0), enabled=progress)
     report = ConversionReport(

@@ -50,14 +50,17 @@ from edgewise.converters.gate import Budgets, default_budgets
 from edgewise.errors import RecipeError
 
 SOURCES = ("pytorch", "onnx", "huggingface")
-TASKS = ("classification", "embedding", "regression")
+TASKS = ("classification", "embedding", "regression", "text-generation")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 BUILTIN_DATA = ("sklearn-digits", "mnist")
 # format -> variants it knows. Float variants are parity exports; the others are quantized.
 VARIANTS: dict[str, tuple[str, ...]] = {
     "onnx": ("fp32", "int8-dynamic", "int8-static", "int8-auto"),
+    # GGUF (language models): float files written by edgewise, quantized ones by llama.cpp's quantizer.
+    "gguf": ("f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q5_k_s", "q4_k_m", "q4_k_s", "q3_k_m", "q2_k",
+             "q5_0", "q5_1", "q4_0", "q4_1"),
 }
-FLOAT_VARIANTS = ("fp32", "fp16")
+FLOAT_VARIANTS = ("fp32", "fp16", "f32", "f16", "bf16")
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,18 @@ class DistillSpec:
 
 
 @dataclass(frozen=True)
+class GgufSpec:
+    """``[gguf]``: how language models are converted and gated (perplexity / KL divergence)."""
+
+    eval_ctx: int = 256  # tokens per evaluation chunk (the second half of each is scored)
+    eval_chunks: int = 4
+    pre_tokenizer: str | None = None  # llama.cpp pre-tokenizer name when it cannot be detected
+    parity_prompt: str = "The capital of France is Paris. The capital of Italy is"
+    speed_tokens: int = 64  # tokens generated to measure tokens/s
+    threads: int | None = None
+
+
+@dataclass(frozen=True)
 class Target:
     format: str
     variants: tuple[str, ...]
@@ -136,6 +151,7 @@ class Recipe:
     output_dir: Path = Path("dist")
     latency_batch: int = 32
     distill: DistillSpec | None = None
+    gguf: GgufSpec = field(default_factory=GgufSpec)
 
     def budgets_for(self, variant: str) -> Budgets:
         # A distilled student is lossy even in float: it is gated like a quantized model (against the teacher).
@@ -159,7 +175,7 @@ def load_recipe(path: str | Path, *, output_dir: str | Path | None = None) -> Re
 
 def parse_recipe(raw: Mapping[str, Any], *, base_dir: Path, recipe_path: Path | None = None,
                  output_dir: str | Path | None = None) -> Recipe:
-    _known(raw, {"model", "data", "targets", "quantization", "budgets", "output", "distill"}, "recipe")
+    _known(raw, {"model", "data", "targets", "quantization", "budgets", "output", "distill", "gguf"}, "recipe")
     model = _model(_table(raw, "model", required=True), base_dir)
     data = _data(_table(raw, "data", required=True), base_dir, model)
     targets = _targets(raw.get("targets"))
@@ -180,7 +196,20 @@ def parse_recipe(raw: Mapping[str, Any], *, base_dir: Path, recipe_path: Path | 
         output_dir=out_dir,
         latency_batch=_int(output.get("latency_batch", 32), "output.latency_batch", minimum=1),
         distill=_distill(raw.get("distill"), base_dir, model),
+        gguf=_gguf(_table(raw, "gguf")),
     )
+
+
+def _gguf(table: Mapping[str, Any]) -> GgufSpec:
+    _known(table, set(GgufSpec.__dataclass_fields__), "gguf")
+    values: dict[str, Any] = {}
+    for key, minimum in (("eval_ctx", 16), ("eval_chunks", 1), ("speed_tokens", 1), ("threads", 1)):
+        if key in table:
+            values[key] = _int(table[key], f"gguf.{key}", minimum=minimum)
+    for key in ("pre_tokenizer", "parity_prompt"):
+        if key in table:
+            values[key] = _str(table, key, "gguf")
+    return GgufSpec(**values)
 
 
 def _distill(table: Any, base: Path, model: ModelSpec) -> DistillSpec | None:
@@ -243,6 +272,8 @@ def _model(table: Mapping[str, Any], base: Path) -> ModelSpec:
     if source == "pytorch" and src_path.suffix == ".py" and not factory:
         raise RecipeError("model.factory is required when model.path is a Python file",
                           hint='Name the function that returns the nn.Module: factory = "build".')
+    if task == "text-generation" and source != "huggingface":
+        raise RecipeError("task = 'text-generation' converts a Hugging Face checkpoint folder: source = 'huggingface'")
     if source == "huggingface" and not src_path.is_dir():
         raise RecipeError(f"model.path {src_path} must be a Hugging Face model folder for source = 'huggingface'")
     input_names = _names(table.get("input_names", ["input"] if source == "pytorch" else []), "model.input_names")
@@ -270,6 +301,8 @@ def _data(table: Mapping[str, Any], base: Path, model: ModelSpec) -> DataSpec:
         _choice(builtin, BUILTIN_DATA, "data.builtin")
     files = {key: _existing(base, table[key], f"data.{key}") if table.get(key) else None
              for key in ("calibration", "eval", "calibration_text", "eval_text")}
+    if model.task == "text-generation":  # gated on text (perplexity, KLD): no tensors to calibrate with
+        return DataSpec(eval_text=files["eval_text"])
     is_text = model.source == "huggingface"
     has_text = files["calibration_text"] and files["eval_text"]
     if is_text and not has_text and not (files["calibration"] and files["eval"]):
@@ -306,7 +339,8 @@ def _targets(raw: Any) -> tuple[Target, ...]:
                 raise RecipeError(f"{where}.variants: unknown {fmt} variant {variant!r}; "
                                   f"known: {', '.join(VARIANTS[fmt])}")
         if not any(v in FLOAT_VARIANTS for v in variants):
-            variants = ("fp32", *variants)  # quantized variants are measured against the float one
+            # quantized variants are made from and measured against the float one
+            variants = ("f16" if fmt == "gguf" else "fp32", *variants)
         targets.append(Target(fmt, variants))
     return tuple(targets)
 

@@ -64,6 +64,8 @@ class ConversionReport:
 
     def table(self) -> str:
         """The comparison table people read in CI logs and pull requests."""
+        if self.task == "text-generation":
+            return self._text_table()
         b = self.latency_batch
         quality = "top-1 agree / accuracy (Δ pts)" if self.task == "classification" else "cosine mean / min"
         lines = [
@@ -85,6 +87,27 @@ class ConversionReport:
                 f"{_x(row.speedup)} | {q} | {m.get('max_abs_error', float('nan')):.3g} | "
                 f"{'pass' if row.passed else 'FAIL'} |"
             )
+        return "\n".join(lines)
+
+    def _text_table(self) -> str:
+        """Language models, as llama.cpp's quantize README tabulates them (quality vs the float file)."""
+        lines = ["| artifact | bits/weight | size | ×smaller | PPL | ΔPPL | KLD mean | KLD p99 | top-1 | tokens/s "
+                 "| gate |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for row in self.rows:
+            m = row.metrics
+            bpw = m.get("bits_per_weight")
+            kld = m.get("kld_mean")
+            delta = "-" if kld is None else f"{m['ppl_delta_pct']:+.2f} %"
+            lines.append(
+                f"| {row.artifact} | {'-' if bpw is None else f'{bpw:.2f}'} | {_mb(row.size_bytes)} | "
+                f"{_x(row.size_ratio)} | {_num(m.get('ppl'), '.3f')} | "
+                f"{delta} | {_num(kld, '.4f')} | "
+                f"{_num(m.get('kld_p99'), '.3f')} | {100 * m.get('top1_agreement', float('nan')):.1f} % | "
+                f"{m.get('tokens_per_s', float('nan')):.1f} | {'pass' if row.passed else 'FAIL'} |"
+            )
+        lines.append("")
+        lines.append("Float rows: top-1 = next-token agreement with transformers on the parity prompt; "
+                     "quantized rows: vs the first float GGUF on the evaluation text.")
         return "\n".join(lines)
 
     def markdown(self) -> str:
@@ -112,6 +135,10 @@ class ConversionReport:
 
 def _mb(size: int) -> str:
     return f"{size / 1e6:.2f} MB" if size >= 1e5 else f"{size / 1e3:.1f} kB"
+
+
+def _num(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
 
 
 def _params(count: int | None) -> str:

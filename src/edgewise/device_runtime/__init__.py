@@ -17,6 +17,7 @@ model of that format is loaded (``pip install edgewise[onnx]`` is enough for ONN
 from edgewise.device_runtime._backend import Backend, LoadOptions, Session, known_formats, register_backend
 from edgewise.device_runtime._devices import BackendReport, DeviceReport, probe
 from edgewise.device_runtime._drift import DriftMonitor, DriftStatus, build_reference, psi
+from edgewise.device_runtime._gguf_check import GgufInfo, read_gguf_info
 from edgewise.device_runtime._inputs import InputValidator
 from edgewise.device_runtime._metrics import Metrics, default_metrics, record_fallback
 from edgewise.device_runtime._model import Model, detect_format, load
@@ -24,15 +25,18 @@ from edgewise.device_runtime._observe import ObserveConfig, ObservedModel, obser
 from edgewise.device_runtime._placement import Accelerator, Attempt, Placement, rank
 from edgewise.device_runtime._predlog import PredictionLog
 from edgewise.device_runtime._shadow import PromotionDecision, PromotionPolicy, decide_promotion
+from edgewise.device_runtime._text import Completion, TextModel, TextStream
 
 __all__ = [
     "Accelerator",
     "Attempt",
     "Backend",
     "BackendReport",
+    "Completion",
     "DeviceReport",
     "DriftMonitor",
     "DriftStatus",
+    "GgufInfo",
     "InputValidator",
     "LoadOptions",
     "Metrics",
@@ -44,6 +48,8 @@ __all__ = [
     "PromotionDecision",
     "PromotionPolicy",
     "Session",
+    "TextModel",
+    "TextStream",
     "build_reference",
     "decide_promotion",
     "default_metrics",
@@ -54,6 +60,7 @@ __all__ = [
     "probe",
     "psi",
     "rank",
+    "read_gguf_info",
     "record_fallback",
     "register_backend",
 ]

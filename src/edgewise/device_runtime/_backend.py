@@ -60,6 +60,7 @@ class Backend(Protocol):
 # format -> (module, class, pip extra that installs the engine)
 _BUILTIN: dict[str, tuple[str, str, str]] = {
     "onnx": ("edgewise.device_runtime._onnx", "OnnxRuntimeBackend", "onnx"),
+    "gguf": ("edgewise.device_runtime._gguf", "LlamaCppBackend", "gguf"),
 }
 _FACTORIES: dict[str, Callable[[], Backend]] = {}
 _INSTANCES: dict[str, Backend] = {}

@@ -12,6 +12,7 @@ from edgewise.bundle import Bundle, Signature
 from edgewise.device_runtime._backend import LoadOptions, Session, backend_for
 from edgewise.device_runtime._inputs import InputValidator, synthetic_inputs
 from edgewise.device_runtime._placement import Attempt, Placement, rank, satisfies
+from edgewise.device_runtime._text import TextModel
 from edgewise.errors import ArtifactError, BundleNotFoundError, EdgewiseError, PlacementError
 
 _SUFFIX_FORMATS = {".onnx": "onnx", ".ort": "onnx", ".tflite": "tflite", ".gguf": "gguf",
@@ -73,8 +74,12 @@ def load(
     warmup: bool = True,
     verify: bool = True,
     engine_options: dict[str, Any] | None = None,
-) -> Model:
+) -> Model | TextModel:
     """Load a bundle (directory with manifest.json) or a bare model file and place it.
+
+    Tensor models (ONNX, TFLite, Core ML) come back as ``Model`` (``run``); GGUF language
+    models as ``TextModel`` (``generate``/``chat``; ``engine_options`` may set ``n_ctx`` and
+    ``n_gpu_layers``, ``"auto"`` by default: as many layers as free GPU memory holds).
 
     ``device`` is "auto" (NPU > GPU > CPU), a kind ("npu", "gpu", "cpu") or an accelerator
     name ("cuda", "CUDAExecutionProvider"). A failing accelerator falls back to the next one
@@ -97,6 +102,7 @@ def load(
             session = backend.open(path, accelerator, options)
             if warmup:
                 _warm_up(session, bundle)
+            text = getattr(session, "task", None) == "text-generation"
         except ArtifactError:
             raise
         except EdgewiseError as exc:
@@ -109,7 +115,7 @@ def load(
             backend=backend.name, accelerator=session.accelerator, device=accelerator.kind,
             requested=device, fallbacks=tuple(failures),
         )
-        return Model(session, placement, path, bundle)
+        return TextModel(session, placement, path, bundle) if text else Model(session, placement, path, bundle)
     tried = "; ".join(f"{a.accelerator}: {a.reason}" for a in failures)
     raise PlacementError(
         f"{path.name} could not be placed on device={device!r}{' (strict)' if strict else ''}: {tried}",
@@ -117,6 +123,9 @@ def load(
 
 
 def _warm_up(session: Session, bundle: Bundle | None) -> None:
+    if hasattr(session, "warm_up"):  # engines whose inputs are not tensors (llama.cpp)
+        session.warm_up()
+        return
     if bundle is not None and bundle.manifest.sample is not None:
         inputs, _ = bundle.load_sample()
     else:

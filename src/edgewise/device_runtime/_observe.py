@@ -81,6 +81,10 @@ class ObservedModel:
     """
 
     def __init__(self, model: Model, config: ObserveConfig | None = None) -> None:
+        if not isinstance(model, Model):
+            raise InputError(f"observed() takes a tensor Model, not {type(model).__name__}",
+                             hint="Text models are not observed yet; count their cloud fallbacks with "
+                                  "device_runtime.record_fallback().")
         self.model = model
         self.config = config = config or ObserveConfig()
         manifest = model.bundle.manifest if model.bundle is not None else None
