@@ -96,6 +96,7 @@ class ObservedModel:
         self._series: Series = self.metrics.series(SeriesKey(self.name, self.version, placement.backend,
                                                              placement.device, placement.accelerator))
         self._acc_local = self._series._local
+        # Model.run is ``_run(_validate(inputs))``; calling the two here saves a Python frame per request.
         self._run = model._run
         self._validate = model._validate
         self._rate = config.sample_rate
