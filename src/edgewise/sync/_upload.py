@@ -49,6 +49,7 @@ class LogUploader:
                  retries: int = 5, backoff_s: float = 0.2, max_backoff_s: float = 10.0,
                  timeout: httpx.Timeout | float = _TIMEOUT,
                  headers: dict[str, str] | None = None, client: httpx.Client | None = None) -> None:
+        self._own_log = not isinstance(log, PredictionLog)
         self.log = log if isinstance(log, PredictionLog) else PredictionLog(Path(log))
         self.endpoint = endpoint
         self.device_id = device_id
@@ -105,6 +106,8 @@ class LogUploader:
     def close(self) -> None:
         if self._own_client:
             self._client.close()
+        if self._own_log:
+            self.log.close()
 
 
 def _retry_after(response: httpx.Response) -> float | None:
