@@ -126,7 +126,15 @@ def test_app_killed_mid_write_leaves_a_consistent_bounded_log(mlp_onnx, tmp_path
         proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(mlp_onnx), str(tmp_path / "obs")],
                                 stdout=subprocess.PIPE, text=True)
         assert proc.stdout.readline().strip() == "ready"
-        time.sleep(0.3 + 0.2 * trial)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # kill only once this run has written (and capped) something
+            db = sqlite3.connect(tmp_path / "obs" / "predlog.sqlite", timeout=30)
+            written = dict(db.execute("SELECT key, value FROM meta").fetchall()).get("written", 0)
+            db.close()
+            if written > 400 * (trial + 1):
+                break
+            time.sleep(0.02)
+        time.sleep(0.05 * trial)
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
         db = sqlite3.connect(tmp_path / "obs" / "predlog.sqlite")
