@@ -1,4 +1,5 @@
-"""``edgewise`` command line: convert, run, inspect, devices, keys, publish, rollout, serve, sync, ask, infer, demo.
+"""``edgewise`` command line: convert, run, inspect, devices, keys, publish, rollout, serve, sync,
+ask, infer, stats, demo.
 
 Exit codes: 0 success; 1 an accuracy gate failed (CI should stop); 2 any other edgewise
 error (message and hint on stderr, no traceback); 130 interrupted.
@@ -126,6 +127,11 @@ def _parser() -> argparse.ArgumentParser:
     _router_arguments(p, model_help="on-device bundle or model file (omit: cloud only)")
     p.add_argument("--output", type=Path, help="write outputs to this .npz")
     p.set_defaults(handler=_infer)
+
+    p = sub.add_parser("stats", help="live figures of a device store: requests, latency, drift, shadow, log")
+    p.add_argument("store", type=Path, help="a model store (its observe/ folder is read) or an observe folder")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_stats)
 
     p = sub.add_parser("demo", help="the main job end to end on a real model and data set (no download)")
     p.add_argument("--out", type=Path, default=Path("edgewise-demo"))
@@ -386,6 +392,25 @@ def _sync(args: argparse.Namespace) -> int:
               f"{result.downloaded_bytes} bytes downloaded and verified")
     else:
         print(f"{args.model}: no update ({result.reason})")
+    return 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    from edgewise.device_runtime._stats import format_stats, read_stats
+
+    if not args.store.is_dir():
+        raise InputError(f"{args.store} is not a directory", hint="Pass the device's model store (--store of sync).")
+    observe = args.store / "observe"
+    stats = read_stats(observe if observe.is_dir() else args.store)
+    current = args.store / "current"
+    stats["installed"] = {p.stem: json.loads(p.read_text(encoding="utf-8"))
+                          for p in sorted(current.glob("*.json"))} if current.is_dir() else {}
+    if args.json:
+        print(json.dumps(stats, indent=2))
+        return 0
+    for model, pointer in stats["installed"].items():
+        print(f"{model}: serving {pointer.get('version')} (previous {pointer.get('previous')})")
+    print(format_stats(stats))
     return 0
 
 

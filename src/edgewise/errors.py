@@ -16,7 +16,8 @@ attached as ``__cause__``, so an app never has to import an engine to handle err
     │   ├── PlacementError          the requested device/accelerator cannot run it (strict mode)
     │   ├── InputError              inputs do not match the model signature (name, dtype, shape)
     │   ├── InferenceError          the engine failed while running
-    │   └── ContextOverflowError    a prompt (+ requested tokens) does not fit the model's context
+    │   ├── ContextOverflowError    a prompt (+ requested tokens) does not fit the model's context
+    │   └── PredictionLogError      the on-device prediction log cannot be opened or written
     ├── ConversionError             a converter could not produce an artifact
     │   ├── RecipeError             the recipe (TOML) is invalid or names a missing file
     │   ├── DataError               calibration / evaluation data unusable
@@ -29,7 +30,8 @@ attached as ``__cause__``, so an app never has to import an engine to handle err
     │   ├── ArtifactVerificationError  a downloaded file's length or hash differs from signed metadata
     │   ├── PostInstallCheckError   a new version failed to load or to reproduce its sample (marked bad)
     │   ├── CorruptStoreError       the on-device store's pointer file is unreadable
-    │   └── NoUsableModelError      no installed version of a model loads
+    │   ├── NoUsableModelError      no installed version of a model loads
+    │   └── PromotionRefusedError   a staged (shadow) version did not earn its switch
     └── FallbackError               cloud routing problems (edgewise.fallback)
         ├── FallbackConfigError     endpoint configuration invalid (URL, protocol, missing endpoint)
         ├── CloudUnavailableError   the endpoint cannot be reached (connect failure, reset) after retries
@@ -133,6 +135,12 @@ class ContextOverflowError(RuntimeBackendError, ValueError):
         self.context_size = context_size
 
 
+class PredictionLogError(RuntimeBackendError):
+    """The sampled prediction log (sqlite) cannot be opened or written: corrupt file, full disk."""
+
+    default_hint = "Free disk space, or delete the prediction log file to start a new one; serving is unaffected."
+
+
 class ConversionError(EdgewiseError):
     """A converter could not produce an artifact."""
 
@@ -221,6 +229,18 @@ class NoUsableModelError(SyncError):
     """No installed version of a model can be loaded: serve from the cloud or install again."""
 
     default_hint = "Install a release of this model (or use the cloud fallback) - every local version failed."
+
+
+class PromotionRefusedError(SyncError):
+    """The shadow evaluation of a staged version says wait or reject; the served version stays."""
+
+    default_hint = "Let the shadow run on more traffic (action 'wait'), or publish a better release ('reject')."
+
+    def __init__(self, message: str, *, model: str, version: str, action: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.model = model
+        self.version = version
+        self.action = action
 
 
 class FallbackError(EdgewiseError):

@@ -230,6 +230,9 @@ class Manifest:
     limits: dict[str, Any] = field(default_factory=dict)
     created: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    # Optional: reference distributions of input summaries and outputs on the converter's eval data,
+    # binned for the runtime's drift signal (edgewise.device_runtime._drift). Absent in older manifests.
+    reference: dict[str, Any] | None = None
 
     def file(self, path: str) -> FileEntry:
         for entry in self.files:
@@ -261,6 +264,7 @@ class Manifest:
             "limits": self.limits,
             "created": self.created,
             "extra": self.extra,
+            **({"reference": self.reference} if self.reference is not None else {}),
         }
 
     @classmethod
@@ -325,7 +329,28 @@ class Manifest:
             limits=limits,
             created=str(data.get("created", "")),
             extra=dict(data.get("extra") or {}),
+            reference=_check_reference(data.get("reference")),
         )
+
+
+def _check_reference(data: Any) -> dict[str, Any] | None:
+    """The drift reference is optional; when present each feature needs a name and bin fractions."""
+    if data is None:
+        return None
+    _require_mapping(data, "manifest.reference")
+    features = _require(data, "features", list, "manifest.reference")
+    for i, feature in enumerate(features):
+        where = f"manifest.reference.features[{i}]"
+        _require_mapping(feature, where)
+        _require(feature, "name", str, where)
+        fractions = _require(feature, "fractions", list, where)
+        edges = feature.get("edges", [])
+        if not isinstance(edges, list) or not all(isinstance(x, int | float) for x in [*fractions, *edges]):
+            raise ManifestError(f"{where}: edges and fractions must be lists of numbers")
+        if not feature.get("categorical") and len(fractions) != len(edges) + 1:
+            raise ManifestError(f"{where}: {len(edges)} edges make {len(edges) + 1} bins, "
+                                f"not the {len(fractions)} fractions given")
+    return dict(data)
 
 
 def check_relative_path(path: str, where: str) -> None:

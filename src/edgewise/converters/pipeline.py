@@ -505,8 +505,11 @@ def _gate_and_bundle(recipe: Recipe, fmt: str, variant: str, artifact: Path, qua
     row.budgets = {k: v for k, v in budgets.__dict__.items() if v is not None}
     row.misses = gate.check(row.artifact, metrics, budgets)
 
+    # Drift reference: what this artifact's inputs and outputs look like on the evaluation data.
+    reference = device_runtime.build_reference(list(zip(evaluation.batches, outputs, strict=True)),
+                                               recipe.model.task, description=evaluation.description)
     bundle = _write_bundle(recipe, fmt, variant, artifact, model, quant, source, evaluation, row, gate_output,
-                           name or recipe.model.name)
+                           name or recipe.model.name, reference=reference)
     row.bundle = str(bundle.root)
     return row
 
@@ -533,7 +536,7 @@ def measure_latency(model: device_runtime.Model, batch: dict[str, np.ndarray], l
 
 def _write_bundle(recipe: Recipe, fmt: str, variant: str, artifact: Path, model: device_runtime.Model,
                   quant: Quantization, source: _Source, evaluation: _data.Dataset, row: ArtifactRow,
-                  gate_output: str, name: str) -> Bundle:
+                  gate_output: str, name: str, *, reference: dict | None = None) -> Bundle:
     builder = BundleBuilder()
     builder.add_file(artifact, "model.onnx", role="model")
     for extra in source.extra_files:
@@ -559,6 +562,7 @@ def _write_bundle(recipe: Recipe, fmt: str, variant: str, artifact: Path, model:
         },
         requirements=Requirements(backends=("onnxruntime",)),
         extra={"variant": variant, "notes": row.notes},
+        reference=reference,
     )
     dest = recipe.output_dir / f"{recipe.model.name}-{fmt}-{variant}"
     if recipe.distill is not None and name == recipe.model.name:

@@ -12,6 +12,8 @@
    the device (streamed), and an over-long prompt refused with the exact token counts.
 7. Cloud fallback: SmolLM2 on the device answers a short prompt; an over-long one goes to a local
    stand-in cloud endpoint (llama.cpp's OpenAI-compatible server); the output says which served each.
+8. Observe it on the device: metrics, a sampled prediction log, the drift signal against the reference
+   the converter stored; print the store's live figures (what `edgewise stats STORE` shows).
 """
 
 from __future__ import annotations
@@ -35,12 +37,14 @@ def run_demo(out: Path, *, encoder: bool = True, llm: bool = True) -> int:
     if encoder:
         _encoder(out)
     if digits:
-        _over_the_air(out, digits)
+        store, name = _over_the_air(out, digits)
     if llm:
         _language_model(out)
     from edgewise.demo.fallback import run_fallback_demo
 
     fallback_ok = run_fallback_demo(out / "fallback") if llm else True
+    if digits:
+        _observe(store, name)  # last: the store's live figures end the demo
     _say(f"\ndemo finished in {time.perf_counter() - start:.0f} s; everything is in {out}")
     return 0 if digits and fallback_ok else 1
 
@@ -123,7 +127,7 @@ def _encoder(out: Path) -> None:
         _say(f"      {query!r:34} -> {docs[int(sims[i].argmax())]!r} (cosine {sims[i].max():.3f})")
 
 
-def _over_the_air(out: Path, bundle: Path) -> None:
+def _over_the_air(out: Path, bundle: Path) -> tuple[Path, str]:
     import shutil
 
     from edgewise.sync import DeviceProfile, Publisher, SyncClient, generate_keys
@@ -150,6 +154,29 @@ def _over_the_air(out: Path, bundle: Path) -> None:
     tol = model.bundle.manifest.sample
     same = all(np.allclose(got[k], v, rtol=tol.rtol, atol=tol.atol) for k, v in expected.items())
     _say(f"      installed model runs on {model.placement.describe()}; sample check {'matches' if same else 'DIFFERS'}")
+    return device.store.root, release.model
+
+
+def _observe(store: Path, name: str) -> None:
+    from edgewise import device_runtime
+    from edgewise.converters import _data
+    from edgewise.device_runtime._stats import format_stats, read_stats
+    from edgewise.sync import ModelStore
+
+    _say(f"\n== 8. observe it on the device: metrics, sampled prediction log, drift (edgewise stats {store})")
+    test_x = _data.builtin_images("mnist").test_x
+    rng = np.random.default_rng(0)
+    model = device_runtime.observed(ModelStore(store).load(name), directory=store / "observe", sample_rate=0.25)
+    for shift in (0.0, 0.3):  # held-out digits as they come, then brighter ones (a drifting camera)
+        for _ in range(400):
+            model.run({"pixels": np.clip(test_x[rng.integers(0, len(test_x), 8)] + shift, 0, 1)})
+        model.flush()
+        status = model.drift_status()
+        flag = "FLAGGED" if status and status.flagged else "ok"
+        _say(f"      inputs shifted by {shift}: drift {flag} (PSI {max(status.psi.values()) if status else 0:.3f})")
+    model.close()
+    for line in format_stats(read_stats(store / "observe")).splitlines():
+        _say(f"      {line}")
 
 
 def _language_model(out: Path) -> None:

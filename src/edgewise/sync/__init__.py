@@ -13,6 +13,7 @@ policy and the crash-safe install, no cryptography of its own.
 from edgewise.sync._keys import generate_keys
 from edgewise.sync._release import Release
 from edgewise.sync._rollout import Decision, DeviceProfile, cohort, decide
+from edgewise.sync._upload import LogUploader, UploadReport
 from edgewise.sync.client import SyncClient, UpdateCheck, UpdateResult
 from edgewise.sync.publisher import Publisher
 from edgewise.sync.store import Installed, ModelStore
@@ -21,12 +22,14 @@ __all__ = [
     "Decision",
     "DeviceProfile",
     "Installed",
+    "LogUploader",
     "ModelStore",
     "Publisher",
     "Release",
     "SyncClient",
     "UpdateCheck",
     "UpdateResult",
+    "UploadReport",
     "cohort",
     "decide",
     "generate_keys",

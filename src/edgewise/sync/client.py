@@ -14,14 +14,17 @@ import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 from tuf.api import exceptions as tuf_exc
 from tuf.api.metadata import TargetFile
 from tuf.ngclient import Updater, UpdaterConfig
 
+from edgewise.device_runtime import PredictionLog, PromotionDecision
 from edgewise.errors import (
     ArtifactVerificationError,
+    PromotionRefusedError,
     RepositoryUnreachableError,
     SlowRetrievalError,
     SyncError,
@@ -30,6 +33,7 @@ from edgewise.errors import (
 from edgewise.sync._fetcher import HttpxFetcher, Progress
 from edgewise.sync._release import Release, release_target_path
 from edgewise.sync._rollout import Decision, DeviceProfile, decide
+from edgewise.sync._upload import LogUploader, UploadReport
 from edgewise.sync.store import Installed, ModelStore
 
 
@@ -126,6 +130,55 @@ class SyncClient:
 
     def rollback(self, model: str) -> Installed:
         return self.store.rollback(model)
+
+    # --- shadow and promotion (issue 8) -------------------------------------------------------
+
+    def stage(self, model: str, channel: str = "shadow") -> UpdateResult:
+        """Download, verify, install and check ``channel``'s release WITHOUT switching to it.
+
+        The staged version is what ``device_runtime.ObservedModel.attach_shadow`` runs beside the
+        served one; ``promote`` switches to it once the shadow figures pass the promotion policy.
+        Same rollout and device checks as ``update``.
+        """
+        with _mapped_errors(self.repo_url):
+            updater = self._updater()
+            updater.refresh()
+            check = self._check(updater, model, channel)
+            if check.release is None or not check.decision.apply:
+                return UpdateResult(check, False, None, check.decision.reason)
+            release = check.release
+            if self.download_allowed is not None and not self.download_allowed(release):
+                return UpdateResult(check, False, None, "the host app deferred the download")
+            archive, received = self._fetch_archive(updater, release)
+        staged = self.store.install_archive(archive, expected_model=model, expected_version=release.version,
+                                            switch=False)
+        archive.unlink(missing_ok=True)
+        return UpdateResult(check, True, staged, "staged (not served until promoted)", downloaded_bytes=received)
+
+    def promote(self, model: str, version: str, decision: PromotionDecision) -> Installed:
+        """Switch to a staged ``version`` only if the shadow ``decision`` says so; else PromotionRefusedError."""
+        if not decision.promote:
+            raise PromotionRefusedError(
+                f"{model} {version} is not promoted: {decision.action} ({decision.reason})",
+                model=model, version=version, action=decision.action,
+            )
+        installed = self.store.promote(model, version, reason=decision.reason)
+        log = PredictionLog(self.store.observe_dir)  # the verdict goes upstream with the next upload
+        try:
+            log.append([{"kind": "promotion", "model": model, "version": version,
+                         "previous": installed.previous, **decision.to_dict()}])
+        finally:
+            log.close()
+        return installed
+
+    def upload_log(self, endpoint: str, log: PredictionLog | Path | None = None, **options: Any) -> UploadReport:
+        """Send the store's prediction log (``<store>/observe``) to ``endpoint``; see ``LogUploader``."""
+        uploader = LogUploader(log if log is not None else self.store.observe_dir, endpoint,
+                               device_id=options.pop("device_id", self.device.device_id), **options)
+        try:
+            return uploader.upload()
+        finally:
+            uploader.close()
 
     # --- internals ------------------------------------------------------------------------
 

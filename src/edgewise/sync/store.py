@@ -6,6 +6,7 @@ Layout under ``root``::
     models/<model>/<version>/    one verified bundle per version (``.bad`` inside marks a failed one)
     current/<model>.json         {"version": ..., "previous": ...}, replaced atomically
     .lock                        flock: one writer at a time, released by the kernel if the writer dies
+    observe/                     prediction log + stats snapshots of observed models (device_runtime.observed)
 
 Why it survives a process killed at any instant:
 
@@ -60,6 +61,7 @@ except ImportError:  # pragma: no cover - Windows: single-writer is then the cal
 __all__ = ["CorruptStoreError", "Installed", "ModelStore", "NoUsableModelError", "PostInstallCheckError", "StoreEvent"]
 
 _BAD_MARK = ".bad"
+OBSERVE_DIR = "observe"  # <root>/observe: the prediction log and stats snapshots (edgewise stats STORE)
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,7 @@ class ModelStore:
         self._depth = 0
         self._lock_file: Any = None
         self.last_event: StoreEvent | None = None
+        self.observe_dir = self.root / OBSERVE_DIR
         with self._locked():
             self._clean_leftovers()
 
@@ -112,19 +115,20 @@ class ModelStore:
 
     def install_archive(
         self, archive: Path, *, expected_model: str | None = None, expected_version: str | None = None,
-        max_bytes: int = 8 << 30, check: bool = True,
+        max_bytes: int = 8 << 30, check: bool = True, switch: bool = True,
     ) -> Installed:
         """Unpack a bundle archive, verify it, check it, then make it current.
 
         ``expected_*`` come from the (signed) release record: an archive holding another model or
         version is refused. Raises ``PostInstallCheckError`` (version marked bad, pointer untouched)
-        when the bundle does not reproduce its stored sample.
+        when the bundle does not reproduce its stored sample. ``switch=False`` stages it: installed and
+        checked but not served (a shadow candidate) until ``promote``.
         """
         with self._locked():
             staged = self._new_staging_path()
             try:
                 unpack_bundle(Path(archive), staged, max_bytes=max_bytes)
-                return self._install_staged(staged, expected_model, expected_version, check)
+                return self._install_staged(staged, expected_model, expected_version, check, switch)
             finally:
                 _remove_tree(staged)
 
@@ -143,6 +147,7 @@ class ModelStore:
 
     def _install_staged(
         self, staged: Path, expected_model: str | None, expected_version: str | None, check: bool,
+        switch: bool = True,
     ) -> Installed:
         (staged / _BAD_MARK).unlink(missing_ok=True)  # a bad mark is the store's to set, never the archive's
         _fsync_tree(staged)
@@ -151,7 +156,18 @@ class ModelStore:
         dest = self._place(staged, model, version, manifest)
         if check:
             self._check_or_mark_bad(model, version, dest)
+        if not switch:
+            now = self.current(model) if self._pointer_path(model).exists() else None
+            return Installed(model, version, dest, now.version if now else None)
         return self._switch(model, version, kind="installed")
+
+    def promote(self, model: str, version: str, *, reason: str = "") -> Installed:
+        """Serve a staged version (``install_archive(..., switch=False)``): the atomic switch, nothing else."""
+        with self._locked():
+            if not self._servable(model, version):
+                raise SyncError(f"cannot promote {model} {version}: it is not installed or it is marked bad",
+                                hint="Stage it first (SyncClient.stage), and let it pass its post-install check.")
+            return self._switch(model, version, kind="promoted", reason=reason)
 
     def _place(self, staged: Path, model: str, version: str, manifest: Manifest) -> Path:
         """Move the staged bundle to models/<model>/<version>, reusing an identical good copy already there."""

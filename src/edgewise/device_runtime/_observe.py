@@ -1,0 +1,359 @@
+"""``observed(model, ObserveConfig(...))``: metrics, sampled prediction log, drift and shadow for one model.
+
+Observation is opt-in per model and lives in a wrapper, so a plain ``Model.run`` is untouched
+(no branch, no flag: off costs nothing). The wrapper's ``run`` adds, on the caller's thread, two
+clock reads, a per-thread histogram increment and one random draw; the rare sampled request is
+copied into a bounded mailbox (``_worker.Mailbox``: an append, no lock, no wake-up). Everything
+else — encoding inputs by the privacy policy, drift histograms and PSI, sqlite writes, stats
+snapshots — happens on one background worker at low CPU priority, in batches.
+A full mailbox sheds (counted), it never blocks the caller.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import time
+from bisect import bisect_left as _bucket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgewise.device_runtime._drift import DriftMonitor, DriftStatus
+from edgewise.device_runtime._metrics import LATENCY_BUCKETS as _bounds
+from edgewise.device_runtime._metrics import Metrics, Series, SeriesKey, default_metrics
+from edgewise.device_runtime._model import Model
+from edgewise.device_runtime._predlog import INPUT_POLICIES, PredictionLog, encode_tensors
+from edgewise.device_runtime._shadow import PromotionDecision, PromotionPolicy, ShadowRunner, decide_promotion
+from edgewise.device_runtime._worker import Mailbox
+from edgewise.errors import InputError
+
+SNAPSHOT_PREFIX = "stats-"
+
+# bound once: module globals read faster than attribute chains on the hot path
+_perf = time.perf_counter
+_random = random.random
+
+
+@dataclass(frozen=True)
+class ObserveConfig:
+    """What to observe. ``directory`` holds the prediction log and stats snapshots (None: metrics only).
+
+    By convention a device keeps it in ``<model store>/observe`` so ``edgewise stats STORE`` finds it.
+    ``sample_rate`` is the fraction of requests copied to the background worker, for the log and
+    the drift histograms alike. ``inputs``: "full", "hashed" (sha256, the default: joinable but
+    private) or "dropped".
+    """
+
+    directory: Path | None = None
+    metrics: Metrics | None = None
+    sample_rate: float = 0.01
+    log: bool = True
+    inputs: str = "hashed"
+    outputs: bool = True
+    max_records: int = 10_000
+    max_bytes: int = 64 << 20
+    drift: bool = True
+    drift_threshold: float = 0.2
+    drift_min_samples: int = 200
+    drift_window: int = 2000
+    queue_size: int = 256
+    flush_interval_s: float = 0.5
+    snapshot_interval_s: float = 5.0
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.sample_rate <= 1.0:
+            raise InputError(f"sample_rate must be within [0, 1], not {self.sample_rate}")
+        if self.inputs not in INPUT_POLICIES:
+            raise InputError(f"inputs policy {self.inputs!r} is not one of {', '.join(INPUT_POLICIES)}",
+                             hint="Use 'hashed' to keep inputs private but joinable, 'dropped' to keep none.")
+
+
+class ObservedModel:
+    """A ``Model`` with observation on. Same ``run`` contract; extra: drift, shadow, snapshots.
+
+    Thread-safe like ``Model``. ``close()`` flushes the log and stops the workers.
+    """
+
+    def __init__(self, model: Model, config: ObserveConfig | None = None) -> None:
+        if not isinstance(model, Model):
+            raise InputError(f"observed() takes a tensor Model, not {type(model).__name__}",
+                             hint="Text models are not observed yet; count their cloud fallbacks with "
+                                  "device_runtime.record_fallback().")
+        self.model = model
+        self.config = config = config or ObserveConfig()
+        manifest = model.bundle.manifest if model.bundle is not None else None
+        self.name = manifest.name if manifest else model.path.stem
+        self.version = manifest.version if manifest else ""
+        self.task = manifest.task if manifest else "generic"
+        self.metrics = config.metrics or default_metrics()
+        placement = model.placement
+        self._series: Series = self.metrics.series(SeriesKey(self.name, self.version, placement.backend,
+                                                             placement.device, placement.accelerator))
+        self._acc_local = self._series._local
+        # Model.run is ``_run(_validate(inputs))``; calling the two here saves a Python frame per request.
+        self._run = model._run
+        self._validate = model._validate
+        self._rate = config.sample_rate
+        self._served_by = f"device:{placement.backend}/{placement.device}"
+        reference = getattr(manifest, "reference", None) if manifest else None
+        self.drift: DriftMonitor | None = None
+        if config.drift and reference:
+            self.drift = DriftMonitor(reference, self.task, threshold=config.drift_threshold,
+                                      min_samples=config.drift_min_samples, window=config.drift_window)
+        self._drift_flagged = False
+        self.log: PredictionLog | None = None
+        if config.directory is not None and config.log:
+            self.log = PredictionLog(Path(config.directory), max_records=config.max_records,
+                                     max_bytes=config.max_bytes)
+        self.shadow: ShadowRunner | None = None
+        self._shadow_rate = 0.0
+        self._shadow_policy: PromotionPolicy | None = None
+        self._shadow_version = ""
+        self._last_decision: str | None = None
+        self._closed = False
+        self._next_snapshot = time.monotonic() + config.snapshot_interval_s
+        self._mailbox = Mailbox(self._process, capacity=config.queue_size, interval=config.flush_interval_s,
+                                name=f"edgewise-observe-{self.name}", tick=self._tick)
+
+    # ----------------------------------------------------------------- the hot path
+
+    def run(self, inputs: Any) -> dict[str, np.ndarray]:
+        start = _perf()
+        try:
+            feed = self._validate(inputs)
+            outputs = self._run(feed)
+        except BaseException as exc:
+            self._series.error(type(exc).__name__)
+            raise
+        elapsed = _perf() - start
+        try:
+            acc = self._acc_local.acc
+        except AttributeError:
+            acc = self._series.accumulator()
+        acc[0] += elapsed
+        acc[_bucket(_bounds, elapsed) + 1] += 1
+        if self._rate and _random() < self._rate:
+            self._sample(feed, outputs, elapsed)
+        if self._shadow_rate and _random() < self._shadow_rate:
+            shadow = self.shadow
+            if shadow is not None:
+                shadow.offer({k: np.array(v) for k, v in feed.items()}, {k: np.array(v) for k, v in outputs.items()})
+        return outputs
+
+    def _sample(self, feed: dict[str, np.ndarray], outputs: dict[str, np.ndarray], elapsed: float) -> None:
+        # Copies: the caller may reuse its buffers once run() returns.
+        self._mailbox.put(({k: np.array(v) for k, v in feed.items()}, {k: np.array(v) for k, v in outputs.items()},
+                           elapsed, time.time()))
+
+    @property
+    def sampled(self) -> int:
+        """Sampled requests handled by the worker so far (in the log and the drift histograms)."""
+        return self._mailbox.handled
+
+    @property
+    def shed(self) -> int:
+        """Sampled requests dropped because the worker's mailbox was full."""
+        return self._mailbox.shed
+
+    # ----------------------------------------------------------------- Model's surface
+
+    @property
+    def signature(self):
+        return self.model.signature
+
+    @property
+    def placement(self):
+        return self.model.placement
+
+    @property
+    def bundle(self):
+        return self.model.bundle
+
+    @property
+    def path(self) -> Path:
+        return self.model.path
+
+    @property
+    def backend(self) -> str:
+        return self.model.backend
+
+    @property
+    def device(self) -> str:
+        return self.model.device
+
+    @property
+    def accelerator(self) -> str:
+        return self.model.accelerator
+
+    def __enter__(self) -> ObservedModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"ObservedModel({self.model!r})"
+
+    # ----------------------------------------------------------------- fallbacks, shadow, drift
+
+    def record_fallback(self, *, served_by: str, reason: str) -> None:
+        """Count a request of this model that was served elsewhere (the cloud router calls this)."""
+        self.metrics.record_fallback(self.name, served_by=served_by, reason=reason, version=self.version)
+
+    def attach_shadow(self, candidate: Model, *, rate: float = 0.1, policy: PromotionPolicy | None = None,
+                      queue_size: int = 64) -> ShadowRunner:
+        """Run ``candidate`` beside this model on a ``rate`` fraction of requests, in the background.
+
+        ``policy`` defaults to the candidate bundle's own gate budgets (``PromotionPolicy.from_manifest``).
+        """
+        if self.shadow is not None:
+            self.detach_shadow()
+        cmanifest = candidate.bundle.manifest if candidate.bundle is not None else None
+        task = cmanifest.task if cmanifest else self.task
+        gate_output = ((cmanifest.metrics.get("gate") or {}).get("output") if cmanifest else None)
+        names = [spec.name for spec in self.model.signature.outputs]
+        output = gate_output if gate_output in names else (names[0] if names else None)
+        self._shadow_policy = policy or PromotionPolicy.from_manifest(cmanifest.metrics if cmanifest else {}, task)
+        self._shadow_version = cmanifest.version if cmanifest else candidate.path.stem
+        self.shadow = ShadowRunner(candidate.run, output=output, classification=task == "classification",
+                                   queue_size=queue_size)
+        self._last_decision = None
+        self._shadow_rate = rate
+        return self.shadow
+
+    def detach_shadow(self) -> None:
+        self._shadow_rate = 0.0
+        if self.shadow is not None:
+            self.shadow.close()
+        self.shadow = None
+
+    def shadow_decision(self) -> PromotionDecision | None:
+        """The promotion policy applied to the shadow figures so far (None without a shadow).
+
+        A change of verdict is written to the prediction log, so the result goes upstream with it.
+        """
+        if self.shadow is None or self._shadow_policy is None:
+            return None
+        decision = decide_promotion(self.shadow.metrics(), self._shadow_policy)
+        if decision.action != self._last_decision:
+            self._last_decision = decision.action
+            self._event("shadow", {"candidate": self._shadow_version, **decision.to_dict()})
+        return decision
+
+    def drift_status(self) -> DriftStatus | None:
+        return self.drift.status() if self.drift is not None else None
+
+    # ----------------------------------------------------------------- flushing and figures
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait until every sampled request so far is in the log and the drift histograms."""
+        self._mailbox.flush(timeout)
+        if self.shadow is not None:
+            self.shadow.drain(timeout)
+
+    def snapshot(self) -> dict[str, Any]:
+        """This model's figures as plain data: what the stats file and ``edgewise stats`` show."""
+        mine = [m for m in self.metrics.snapshot()["models"]
+                if m["model"] == self.name and m["version"] == self.version]
+        drift = self.drift_status()
+        out: dict[str, Any] = {
+            "model": self.name, "version": self.version, "taken_at": time.time(), "pid": os.getpid(),
+            "metrics": mine[0] if mine else None, "sampled": self.sampled, "shed": self.shed,
+            "sample_rate": self._rate, "drift": drift.to_dict() if drift else None,
+            "log": self.log.stats() if self.log is not None else None,
+            "fallbacks": [f for f in self.metrics.snapshot()["fallbacks"] if f["model"] == self.name],
+        }
+        if self.shadow is not None:
+            decision = self.shadow_decision()
+            out["shadow"] = {"candidate": self._shadow_version, "rate": self._shadow_rate,
+                             **self.shadow.metrics(), "decision": decision.to_dict() if decision else None}
+        return out
+
+    def write_snapshot(self) -> Path | None:
+        """Atomically replace ``<directory>/stats-<model>-<version>.json``."""
+        if self.config.directory is None:
+            return None
+        folder = Path(self.config.directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{SNAPSHOT_PREFIX}{self.name}-{self.version or 'unversioned'}.json"
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.snapshot(), indent=1, default=_json_default), encoding="utf-8")
+        os.replace(tmp, path)
+        return path
+
+    def close(self) -> None:
+        """Flush the log, write a last snapshot (shadow figures included), stop the workers.
+
+        The wrapped ``Model`` stays open: it belongs to the caller.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._mailbox.close()
+        self.write_snapshot()
+        self.detach_shadow()
+        if self.log is not None:
+            self.log.close()
+
+    # ----------------------------------------------------------------- the background worker
+
+    def _event(self, kind: str, body: dict[str, Any]) -> None:
+        if self.log is not None:
+            self.log.append([{"kind": kind, "model": self.name, "version": self.version, "ts": time.time(), **body}])
+
+    def _tick(self) -> None:
+        if time.monotonic() >= self._next_snapshot:
+            self._next_snapshot = time.monotonic() + self.config.snapshot_interval_s
+            with contextlib.suppress(OSError):  # a full disk must not stop the worker; retried next time
+                self.write_snapshot()
+
+    def _process(self, items: list[tuple]) -> None:
+        records = []
+        for feed, outputs, elapsed, ts in items:
+            if self.drift is not None:
+                self.drift.update(feed, outputs)
+            if self.log is not None:
+                records.append({
+                    "kind": "prediction", "model": self.name, "version": self.version, "ts": ts,
+                    "served_by": self._served_by, "latency_ms": elapsed * 1e3,
+                    "batch": int(next(iter(feed.values())).shape[0]) if feed else 0,
+                    "input_policy": self.config.inputs, "inputs": encode_tensors(feed, self.config.inputs),
+                    "outputs": encode_tensors(outputs, "full") if self.config.outputs else None,
+                    **({"labels": self.config.labels} if self.config.labels else {}),
+                })
+        if self.drift is not None:
+            status = self.drift.status()
+            for feature, value in status.psi.items():
+                self._series.gauges[f"drift_psi:{feature}"] = value
+            self._series.gauges["drift_flag"] = 1.0 if status.flagged else 0.0
+            if status.flagged != self._drift_flagged:
+                self._drift_flagged = status.flagged
+                records.append({"kind": "drift", "model": self.name, "version": self.version, "ts": time.time(),
+                                **status.to_dict()})
+        if self.log is not None and records:
+            try:
+                self.log.append(records)
+            except Exception:  # never let the log kill the worker (disk full, file locked)
+                self._series.error("prediction_log_write")
+
+
+def observed(model: Model, config: ObserveConfig | None = None, **options: Any) -> ObservedModel:
+    """Wrap ``model`` with observation: ``observed(model, directory=store / "observe", sample_rate=0.01)``."""
+    if options:
+        config = ObserveConfig(**{**(config.__dict__ if config else {}), **options})
+    return ObservedModel(model, config)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
