@@ -212,13 +212,16 @@ def _inspect(args: argparse.Namespace) -> int:
                 print(f"  {key:<22} {value:.6g}" if isinstance(value, float) else f"  {key:<22} {value}")
         print(f"made by:       edgewise {m.edgewise_version}, schema {m.schema_version}, {m.created}")
         return 0
-    fmt = device_runtime.detect_format(path)
-    model = device_runtime.load(path, device="cpu", warmup=False)
+    info = device_runtime.inspect_file(path)  # reads a Core ML spec on Linux too (no prediction)
+    fmt, signature = info.pop("format"), info.pop("signature")
     if args.json:
-        print(json.dumps({"format": fmt, "signature": model.signature.to_dict()}, indent=2))
+        print(json.dumps({"format": fmt, "signature": signature.to_dict(), **info}, indent=2))
         return 0
-    print(f"file:    {path}  [{fmt}, {path.stat().st_size / 1e6:.3f} MB]")
-    _print_signature(model.signature)
+    size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+    print(f"file:    {path}  [{fmt}, {size / 1e6:.3f} MB]")
+    _print_signature(signature)
+    for key, value in info.items():
+        print(f"{key + ':':<15}{value}")
     return 0
 
 

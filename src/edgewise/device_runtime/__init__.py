@@ -11,6 +11,7 @@ model of that format is loaded (``pip install edgewise[onnx]`` is enough for ONN
 from edgewise.device_runtime._backend import Backend, LoadOptions, Session, known_formats, register_backend
 from edgewise.device_runtime._devices import BackendReport, DeviceReport, probe
 from edgewise.device_runtime._inputs import InputValidator
+from edgewise.device_runtime._inspect import inspect_file
 from edgewise.device_runtime._model import Model, detect_format, load
 from edgewise.device_runtime._placement import Accelerator, Attempt, Placement, rank
 
@@ -26,6 +27,7 @@ __all__ = [
     "Placement",
     "Session",
     "detect_format",
+    "inspect_file",
     "known_formats",
     "load",
     "probe",

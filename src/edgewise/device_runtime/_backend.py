@@ -60,6 +60,8 @@ class Backend(Protocol):
 # format -> (module, class, pip extra that installs the engine)
 _BUILTIN: dict[str, tuple[str, str, str]] = {
     "onnx": ("edgewise.device_runtime._onnx", "OnnxRuntimeBackend", "onnx"),
+    "tflite": ("edgewise.device_runtime._litert", "LiteRTBackend", "tflite"),
+    "coreml": ("edgewise.device_runtime._coreml", "CoreMLBackend", "coreml"),
 }
 _FACTORIES: dict[str, Callable[[], Backend]] = {}
 _INSTANCES: dict[str, Backend] = {}
