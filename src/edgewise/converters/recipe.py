@@ -56,6 +56,10 @@ BUILTIN_DATA = ("sklearn-digits", "mnist")
 # format -> variants it knows. Float variants are parity exports; the others are quantized.
 VARIANTS: dict[str, tuple[str, ...]] = {
     "onnx": ("fp32", "int8-dynamic", "int8-static", "int8-auto"),
+    # litert-torch float; PT2E full INT8 (int8 I/O); ai-edge-quantizer dynamic-range / weight-only INT8.
+    "tflite": ("fp32", "int8-static", "int8-dynamic", "int8-weight-only"),
+    # coremltools ML program: float32 / float16 compute; int8 linear weights; 4-bit k-means palettization.
+    "coreml": ("fp32", "fp16", "int8-weight-only", "palettized4"),
 }
 FLOAT_VARIANTS = ("fp32", "fp16")
 
@@ -121,6 +125,7 @@ class DistillSpec:
 class Target:
     format: str
     variants: tuple[str, ...]
+    deployment_target: str | None = None  # coreml only: "iOS16", "macOS14", ... (default: what a variant needs)
 
 
 @dataclass(frozen=True)
@@ -295,7 +300,7 @@ def _targets(raw: Any) -> tuple[Target, ...]:
     targets = []
     for i, table in enumerate(raw):
         where = f"targets[{i}]"
-        _known(table, {"format", "variants"}, where)
+        _known(table, {"format", "variants", "deployment_target"}, where)
         fmt = table.get("format")
         if fmt not in VARIANTS:
             raise RecipeError(f"{where}.format: {fmt!r} has no converter in this edgewise version; "
@@ -307,7 +312,15 @@ def _targets(raw: Any) -> tuple[Target, ...]:
                                   f"known: {', '.join(VARIANTS[fmt])}")
         if not any(v in FLOAT_VARIANTS for v in variants):
             variants = ("fp32", *variants)  # quantized variants are measured against the float one
-        targets.append(Target(fmt, variants))
+        deployment = table.get("deployment_target")
+        if deployment is not None:
+            from edgewise.converters._coreml import deployment_target
+
+            if fmt != "coreml":
+                raise RecipeError(f"{where}.deployment_target applies to format = 'coreml' only")
+            for variant in variants:
+                deployment_target(variant, deployment)  # RecipeError now, not after the float export
+        targets.append(Target(fmt, variants, deployment))
     return tuple(targets)
 
 
