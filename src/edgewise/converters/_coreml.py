@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import re
 import shutil
 import warnings
@@ -30,6 +31,7 @@ from edgewise.errors import ConversionError, RecipeError
 TARGETS = ("iOS15", "iOS16", "iOS17", "iOS18", "macOS12", "macOS13", "macOS14", "macOS15")
 _NEEDS = {"fp32": "iOS15", "fp16": "iOS15", "int8-weight-only": "iOS16", "palettized4": "iOS16"}
 _MISSING_OP = re.compile(r"convert function for op '([^']+)' not implemented")
+_FAILED_OP = re.compile(r"converting '([^']+)' op")
 
 
 def deployment_target(variant: str, requested: str | None) -> str:
@@ -60,7 +62,7 @@ def export(module, sample: dict[str, np.ndarray], input_names: Sequence[str], ou
     args = tuple(torch.from_numpy(np.ascontiguousarray(sample[n][:1])) for n in input_names)
     # Compressed variants run in float16 (coremltools' default for ML programs, what the Neural Engine computes in).
     precision = ct.precision.FLOAT32 if variant == "fp32" else ct.precision.FLOAT16
-    with _quiet(), _converter_errors(variant):
+    with _quiet(), _converter_errors(variant) as log:
         traced = torch.jit.trace(module.eval(), args)
         outputs = [ct.TensorType(name=n) for n in output_names]
         model = None
@@ -73,9 +75,14 @@ def export(module, sample: dict[str, np.ndarray], input_names: Sequence[str], ou
                                    compute_precision=precision, minimum_deployment_target=getattr(ct.target, target),
                                    skip_model_load=True)
                 break
-            except Exception:
-                if not flexible:
-                    raise
+            except Exception as exc:
+                if flexible:
+                    first, first_ops = exc, list(log.ops)
+                    continue
+                # Both failed: the flexible attempt's error names the model's own problem (the fixed one
+                # can trip earlier on traced shape arithmetic).
+                log.ops[:] = first_ops
+                raise first from exc
         assert model is not None
         if variant == "int8-weight-only":
             import coremltools.optimize.coreml as cto
@@ -139,14 +146,32 @@ def _quiet():
         yield
 
 
+class _OpLog(logging.Handler):
+    """coremltools logs "converting 'linalg_det' op" before re-raising the frontend's error without the name."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.ops: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        match = _FAILED_OP.search(record.getMessage())
+        if match:
+            self.ops.append(match.group(1))
+
+
 @contextlib.contextmanager
 def _converter_errors(variant: str):
+    log = _OpLog()
+    logger = logging.getLogger("coremltools")
+    logger.addHandler(log)
     try:
-        yield
+        yield log
     except ConversionError:
         raise
     except Exception as exc:
         match = _MISSING_OP.search(str(exc))
+        if not match and log.ops:
+            match = _FAILED_OP.search(f"converting '{log.ops[-1]}' op")
         if match:
             raise ConversionError(
                 f"coreml/{variant}: coremltools cannot convert operator {match.group(1)} to Core ML",
@@ -155,3 +180,5 @@ def _converter_errors(variant: str):
         text = str(exc).strip().splitlines()
         raise ConversionError(f"coreml/{variant}: coremltools conversion failed: "
                               f"{(text[0] if text else type(exc).__name__)[:300]}") from exc
+    finally:
+        logger.removeHandler(log)
