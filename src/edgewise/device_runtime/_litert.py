@@ -149,8 +149,8 @@ class _Tensor:
 class LiteRTSession:
     """One Interpreter. It is not thread-safe, so ``run`` holds a lock around set/invoke/get."""
 
-    __slots__ = ("_batch1", "_get", "_inputs", "_interp", "_invoke", "_lock", "_outputs", "_set", "_shapes",
-                 "accelerator", "signature")
+    __slots__ = ("_batch1", "_direct", "_inputs", "_interp", "_lock", "_outputs", "_shapes", "accelerator",
+                 "signature")
 
     def __init__(self, interpreter: Any, accelerator: str, *, raw_quantized_io: bool = False) -> None:
         self._interp = interpreter
@@ -172,12 +172,11 @@ class LiteRTSession:
         self._batch1 = all(t.shape and t.shape[0] == 1 for t in self._inputs)
         self._shapes = {t.index: t.shape for t in self._inputs}
         self._lock = threading.Lock()
-        # Interpreter.set_tensor/get_tensor are one-line wrappers over the C++ binding; invoke() also
-        # re-checks that no numpy view of an internal buffer is alive, which edgewise never creates.
-        inner = getattr(interpreter, "_interpreter", None)
-        self._set = getattr(inner, "SetTensor", None) or interpreter.set_tensor
-        self._get = getattr(inner, "GetTensor", None) or interpreter.get_tensor
-        self._invoke = getattr(inner, "Invoke", None) or interpreter.invoke
+        # Interpreter.set_tensor/get_tensor/invoke are thin wrappers over the C++ binding; invoke() also
+        # checks (by reference count) that no numpy view of an internal buffer is alive, which edgewise never
+        # creates. The binding is looked up per call, never stored: a stored reference would trip that check
+        # for anyone who calls the public invoke() on this interpreter.
+        self._direct = hasattr(interpreter, "_interpreter") and hasattr(interpreter._interpreter, "Invoke")
 
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self._batch1:
@@ -190,8 +189,11 @@ class LiteRTSession:
         return self._run_once(feed)
 
     def _run_once(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        interp = self._interp
         try:
             with self._lock:
+                engine = interp._interpreter if self._direct else None
+                set_tensor = engine.SetTensor if engine is not None else interp.set_tensor
                 for tensor in self._inputs:
                     value = feed[tensor.name]
                     if tensor.scale is not None:
@@ -199,12 +201,17 @@ class LiteRTSession:
                     elif not value.flags.c_contiguous:
                         value = np.ascontiguousarray(value)
                     if value.shape != self._shapes[tensor.index]:
-                        self._interp.resize_tensor_input(tensor.index, list(value.shape), strict=True)
-                        self._interp.allocate_tensors()
+                        interp.resize_tensor_input(tensor.index, list(value.shape), strict=True)
+                        interp.allocate_tensors()
                         self._shapes[tensor.index] = value.shape
-                    self._set(tensor.index, value)
-                self._invoke()
-                return {t.name: t.dequantize(self._get(t.index)) for t in self._outputs}
+                    set_tensor(tensor.index, value)
+                if engine is not None:
+                    engine.Invoke()
+                    get = engine.GetTensor
+                else:
+                    interp.invoke()
+                    get = interp.get_tensor
+                return {t.name: t.dequantize(get(t.index)) for t in self._outputs}
         except (RuntimeError, ValueError) as exc:
             raise InferenceError(f"LiteRT failed to run the model: {_first_line(str(exc))}") from exc
 
