@@ -60,13 +60,23 @@ def quantize_static_int8(module, calibration: Sequence[dict[str, np.ndarray]], i
     quantizer = pq.PT2EQuantizer().set_global(config)
     seen = 0
     with _quiet(), _converter_errors("int8-static"):
-        exported = torch.export.export(wrapped, (), sample).module()
+        # Calibrate with whole batches through a dynamic-batch export (torch.export handles it; only the
+        # TFLite lowering needs fixed shapes); the converted graph is lowered at batch 1 below.
+        dynamic = {n: {0: torch.export.Dim("batch", min=1, max=4096)} for n in input_names}
+        step = max(1, next(iter(calibration[0].values())).shape[0])
+        try:
+            exported = torch.export.export(wrapped, (), _batch(calibration[0], input_names, 2),
+                                           dynamic_shapes=dynamic).module()
+        except Exception:  # a graph with batch-specific shapes: calibrate sample by sample
+            exported, step = torch.export.export(wrapped, (), sample).module(), 1
         prepared = prepare_pt2e(exported, quantizer)
         with torch.no_grad():
-            for batch in calibration:  # the exported graph has batch 1: calibrate sample by sample
-                for i in range(next(iter(batch.values())).shape[0]):
-                    prepared(**{n: torch.from_numpy(np.ascontiguousarray(batch[n][i:i + 1])) for n in input_names})
-                    seen += 1
+            for batch in calibration:
+                count = next(iter(batch.values())).shape[0]
+                for i in range(0, count, step):
+                    take = min(step, max_samples - seen)
+                    prepared(**{n: torch.from_numpy(np.ascontiguousarray(batch[n][i:i + take])) for n in input_names})
+                    seen += take
                     if seen >= max_samples:
                         break
                 if seen >= max_samples:
@@ -126,9 +136,13 @@ def named_module(module, input_names: Sequence[str], output_names: Sequence[str]
 
 
 def _batch1(sample: dict[str, np.ndarray], names: Sequence[str]) -> dict[str, Any]:
+    return _batch(sample, names, 1)
+
+
+def _batch(sample: dict[str, np.ndarray], names: Sequence[str], size: int) -> dict[str, Any]:
     import torch
 
-    return {n: torch.from_numpy(np.ascontiguousarray(sample[n][:1])) for n in names}
+    return {n: torch.from_numpy(np.ascontiguousarray(np.concatenate([sample[n]] * size)[:size])) for n in names}
 
 
 @contextlib.contextmanager

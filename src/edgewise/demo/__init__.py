@@ -88,13 +88,15 @@ def _has(module: str) -> bool:
 def _other_formats(report, split) -> None:
     """The same recipe's TFLite bundle on the LiteRT backend, and the Core ML package (run on macOS only)."""
     from edgewise import device_runtime
+    from edgewise.bundle import Bundle
 
     tflite = _best_quantized(report, "tflite")
     if tflite is not None:
         _say(f"\n== 3b. the same recipe as TFLite: load {tflite.bundle}")
         model = device_runtime.load(tflite.bundle, device="auto")
-        _say(f"      placed: {model.placement.describe()}; inputs {model.signature.inputs[0].dtype} "
-             f"(the file's int8 I/O is scaled by edgewise)")
+        io = Bundle.open(tflite.bundle).manifest.quantization.details.get("io_dtype")
+        _say(f"      placed: {model.placement.describe()}; takes {model.signature.inputs[0].dtype}"
+             + (f" (the file's {io} input/output is scaled by edgewise)" if io else ""))
         logits = model.run({"pixels": split.test_x[:16]})["logits"]
         _say(f"      predicted: {logits.argmax(1).tolist()}")
     coreml = [r for r in report.rows if r.format == "coreml" and not r.error]
@@ -102,8 +104,9 @@ def _other_formats(report, split) -> None:
         _say("\n== 3c. and as Core ML packages (.mlpackage):")
         for row in coreml:
             info = device_runtime.inspect_file(Path(row.bundle) / "model.mlpackage")
-            _say(f"      {row.artifact}: {row.size_bytes / 1e3:.0f} kB ({row.size_ratio or 1:.2f}x smaller than "
-                 f"{coreml[0].variant}), {info['model_type']}, weight ops {info['weight_ops']}")
+            smaller = f" ({row.size_ratio:.2f}x smaller than {coreml[0].variant})" if row.size_ratio else ""
+            _say(f"      {row.artifact}: {row.size_bytes / 1e3:.0f} kB{smaller}, {info['model_type']}, "
+                 f"weight ops {info['weight_ops']}")
         if coreml[0].not_run:
             _say(f"      not run here: {coreml[0].not_run}")
 
