@@ -175,3 +175,12 @@ def test_find_delegates_reads_known_names_and_the_environment(tmp_path):
 def test_inspect_file_reads_the_signature(int8_tflite):
     info = device_runtime.inspect_file(int8_tflite)
     assert info["format"] == "tflite" and info["signature"].inputs[0].name == "x"
+
+
+def test_non_contiguous_input_and_the_engines_own_invoke_still_work(float_tflite):
+    model = device_runtime.load(float_tflite)
+    wide = np.random.default_rng(5).normal(size=(1, 32)).astype(np.float32)
+    np.testing.assert_array_equal(model.run(wide[:, ::2])["y"], model.run(np.ascontiguousarray(wide[:, ::2]))["y"])
+    interpreter = model._session._interp  # edgewise keeps no reference that trips Interpreter.invoke's check
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], wide[:, :16])
+    interpreter.invoke()

@@ -149,8 +149,8 @@ class _Tensor:
 class LiteRTSession:
     """One Interpreter. It is not thread-safe, so ``run`` holds a lock around set/invoke/get."""
 
-    __slots__ = ("_batch1", "_direct", "_inputs", "_interp", "_lock", "_outputs", "_shapes", "accelerator",
-                 "signature")
+    __slots__ = ("_batch1", "_direct", "_inputs", "_interp", "_lock", "_outputs", "_plain", "_shapes",
+                 "accelerator", "signature")
 
     def __init__(self, interpreter: Any, accelerator: str, *, raw_quantized_io: bool = False) -> None:
         self._interp = interpreter
@@ -177,8 +177,25 @@ class LiteRTSession:
         # creates. The binding is looked up per call, never stored: a stored reference would trip that check
         # for anyone who calls the public invoke() on this interpreter.
         self._direct = hasattr(interpreter, "_interpreter") and hasattr(interpreter._interpreter, "Invoke")
+        # The common case (one unquantized input and output) gets a path with nothing else in it.
+        plain = (self._direct and len(self._inputs) == 1 and len(self._outputs) == 1
+                 and self._inputs[0].scale is None and self._outputs[0].scale is None)
+        self._plain = (self._inputs[0].name, self._inputs[0].index, self._outputs[0].name,
+                       self._outputs[0].index) if plain else None
 
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._plain is not None:
+            name, index, out_name, out_index = self._plain
+            value = feed[name]
+            if value.shape == self._shapes[index]:
+                try:
+                    with self._lock:
+                        engine = self._interp._interpreter
+                        engine.SetTensor(index, value)  # copies; accepts non-contiguous arrays
+                        engine.Invoke()
+                        return {out_name: engine.GetTensor(out_index)}
+                except (RuntimeError, ValueError) as exc:
+                    raise InferenceError(f"LiteRT failed to run the model: {_first_line(str(exc))}") from exc
         if self._batch1:
             n = next(iter(feed.values())).shape[0] if feed else 1
             if n != 1:
@@ -198,8 +215,6 @@ class LiteRTSession:
                     value = feed[tensor.name]
                     if tensor.scale is not None:
                         value = tensor.quantize(value)
-                    elif not value.flags.c_contiguous:
-                        value = np.ascontiguousarray(value)
                     if value.shape != self._shapes[tensor.index]:
                         interp.resize_tensor_input(tensor.index, list(value.shape), strict=True)
                         interp.allocate_tensors()
