@@ -184,3 +184,21 @@ def test_non_contiguous_input_and_the_engines_own_invoke_still_work(float_tflite
     interpreter = model._session._interp  # edgewise keeps no reference that trips Interpreter.invoke's check
     interpreter.set_tensor(interpreter.get_input_details()[0]["index"], wide[:, :16])
     interpreter.invoke()
+
+
+def test_the_litert_backend_runs_without_any_conversion_library(float_tflite):
+    """A device app ships ai-edge-litert, not torch / litert-torch / TensorFlow."""
+    import subprocess
+    import sys
+
+    code = f"""
+import sys
+for blocked in ("torch", "onnx", "litert_torch", "ai_edge_quantizer", "tensorflow", "coremltools", "jax"):
+    sys.modules[blocked] = None
+import numpy as np
+import edgewise.device_runtime as dr
+print(dr.load({str(float_tflite)!r}).run({{"x": np.ones((3, 16), np.float32)}})["y"].shape)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "(3, 4)"
