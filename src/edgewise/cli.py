@@ -206,7 +206,9 @@ def _inspect(args: argparse.Namespace) -> int:
         print(f"source:        {m.source.kind} {m.source.name}  {m.source.digest[:23]}…")
         _print_signature(m.signature)
         gate = m.metrics.get("gate", {})
-        if gate:
+        if gate and gate.get("passed") is None and gate.get("not_run"):  # Core ML off macOS: checked statically
+            print(f"gate:          not run ({gate['not_run']}); checked: {', '.join(m.metrics.get('checked', {}))}")
+        elif gate:
             print(f"gate:          {'passed' if gate.get('passed') else 'FAILED'} on {gate.get('eval_data', '?')}")
             for key, value in sorted(m.metrics.get("vs_source", {}).items()):
                 print(f"  {key:<22} {value:.6g}" if isinstance(value, float) else f"  {key:<22} {value}")
@@ -248,7 +250,7 @@ def _devices(args: argparse.Namespace) -> int:
     print("|---|---|---|---|")
     for b in report.backends:
         if not b.installed:
-            print(f"| {b.format} | not installed | - | {b.problem.splitlines()[-1].strip()} |")
+            print(f"| {b.format} | not installed | - | {' '.join(b.problem.split())} |")
             continue
         accs = ", ".join(f"{a.alias} ({a.kind}{'' if a.auto else ', on request'})" for a in b.accelerators)
         print(f"| {b.format} | {b.backend} | {b.version} | {accs} |")

@@ -78,3 +78,18 @@ def test_corrupt_mlpackage_is_an_artifact_error(tmp_path, mlpackage, damage):
         spec.write_bytes(spec.read_bytes()[:57])
     with pytest.raises(ArtifactError, match=r"bad\.mlpackage"):
         device_runtime.inspect_file(bad)
+
+
+def test_cli_inspect_reads_a_package_and_run_names_the_platform(mlpackage, capsys):
+    import json
+
+    from edgewise.cli import main
+
+    assert main(["inspect", str(mlpackage), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["format"] == "coreml" and info["signature"]["inputs"][0]["name"] == "x"
+    assert "const" in json.dumps(info["weight_ops"])
+    if not MACOS:
+        np.save(mlpackage.parent / "x.npy", np.zeros((1, 16), np.float32))
+        assert main(["run", str(mlpackage), "--input", str(mlpackage.parent / "x.npy")]) == 2
+        assert "only on macOS" in capsys.readouterr().err
