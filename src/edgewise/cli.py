@@ -257,7 +257,9 @@ def _inspect(args: argparse.Namespace) -> int:
         print(f"source:        {m.source.kind} {m.source.name}  {m.source.digest[:23]}…")
         _print_signature(m.signature)
         gate = m.metrics.get("gate", {})
-        if gate:
+        if gate and gate.get("passed") is None and gate.get("not_run"):  # Core ML off macOS: checked statically
+            print(f"gate:          not run ({gate['not_run']}); checked: {', '.join(m.metrics.get('checked', {}))}")
+        elif gate:
             print(f"gate:          {'passed' if gate.get('passed') else 'FAILED'} on {gate.get('eval_data', '?')}")
             for key, value in sorted((m.metrics.get("vs_source") or m.metrics.get("quality") or {}).items()):
                 print(f"  {key:<22} {value:.6g}" if isinstance(value, float) else f"  {key:<22} {value}")
@@ -266,12 +268,16 @@ def _inspect(args: argparse.Namespace) -> int:
     fmt = device_runtime.detect_format(path)
     if fmt == "gguf":  # described from the checked header: no need to load the weights
         return _inspect_gguf(path, args.json)
-    model = device_runtime.load(path, device="cpu", warmup=False)
+    info = device_runtime.inspect_file(path)  # reads a Core ML spec on Linux too (no prediction)
+    fmt, signature = info.pop("format"), info.pop("signature")
     if args.json:
-        print(json.dumps({"format": fmt, "signature": model.signature.to_dict()}, indent=2))
+        print(json.dumps({"format": fmt, "signature": signature.to_dict(), **info}, indent=2))
         return 0
-    print(f"file:    {path}  [{fmt}, {path.stat().st_size / 1e6:.3f} MB]")
-    _print_signature(model.signature)
+    size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+    print(f"file:    {path}  [{fmt}, {size / 1e6:.3f} MB]")
+    _print_signature(signature)
+    for key, value in info.items():
+        print(f"{key + ':':<15}{value}")
     return 0
 
 
@@ -322,7 +328,7 @@ def _devices(args: argparse.Namespace) -> int:
     print("|---|---|---|---|")
     for b in report.backends:
         if not b.installed:
-            print(f"| {b.format} | not installed | - | {b.problem.splitlines()[-1].strip()} |")
+            print(f"| {b.format} | not installed | - | {' '.join(b.problem.split())} |")
             continue
         accs = ", ".join(f"{a.alias} ({a.kind}{'' if a.auto else ', on request'})" for a in b.accelerators)
         print(f"| {b.format} | {b.backend} | {b.version} | {accs} |")

@@ -25,7 +25,7 @@ from edgewise.converters import _data, gate
 from edgewise.converters._progress import Progress
 from edgewise.converters.recipe import FLOAT_VARIANTS, Recipe, load_recipe
 from edgewise.converters.report import ArtifactRow, ConversionReport
-from edgewise.errors import DataError, GateFailedError, RecipeError
+from edgewise.errors import BackendUnavailableError, ConversionError, DataError, GateFailedError, RecipeError
 
 Feeds = list[dict[str, np.ndarray]]
 
@@ -100,29 +100,38 @@ def convert(recipe: Recipe | str | Path, *, progress: bool = True, fail_on_gate:
                 )
                 report.rows.append(float_row)
 
-        float_path: Path | None = None
+        float_rows: dict[str, ArtifactRow] = {}  # per format: sizes and speed-ups are relative to it
+        float_paths: dict[str, Path] = {}
         for fmt, variant in variants:
-            artifact_path = work / f"{fmt}-{variant}" / "model.onnx"
-            artifact_path.parent.mkdir(parents=True)
-            with steps.step(f"build {fmt}/{variant}"):
-                if variant in FLOAT_VARIANTS:
-                    source.export(artifact_path, calibration.batches)
-                    float_path = artifact_path
-                    quant = Quantization(scheme="none", weight_dtype="float32", activation_dtype="float32")
-                    notes: list[str] = []
-                else:
-                    assert float_path is not None, "the float variant is always built first"
-                    quant, notes = _quantize(recipe, variant, float_path, artifact_path, calibration, source, steps)
+            try:
+                with steps.step(f"build {fmt}/{variant}"):
+                    artifact_path, quant, notes = _build(recipe, fmt, variant, work, source, calibration,
+                                                         float_paths, steps)
+            except ConversionError as exc:
+                if isinstance(exc, RecipeError | DataError):
+                    raise
+                # One target failing (an operator it cannot lower, say) must not cost the others.
+                report.rows.append(_failed_row(fmt, variant, exc))
+                steps.info(f"{fmt}/{variant}: FAILED: {exc.message}")
+                continue
             with steps.step(f"gate and bundle {fmt}/{variant}"):
                 row = _gate_and_bundle(
                     recipe, fmt, variant, artifact_path, quant, notes, source, evaluation, ref_gate, gate_output,
-                    float_row,
+                    float_row if recipe.distill is not None else float_rows.get(fmt),
                 )
-                if variant in FLOAT_VARIANTS and recipe.distill is None:
-                    float_row = row
+                if variant in FLOAT_VARIANTS and recipe.distill is None and fmt not in float_rows:
+                    float_rows[fmt] = row
                 report.rows.append(row)
                 steps.info(f"{row.artifact}: {_row_summary(row)}")
     report.write(recipe.output_dir)
+    failed = [row for row in report.rows if row.error]
+    if fail_on_gate and failed:
+        raise ConversionError(
+            f"{len(failed)} artifact(s) could not be built: "
+            + "; ".join(str(row.error) for row in failed)
+            + f". The other bundles and the report are in {recipe.output_dir}",
+            hint="The report lists each failure; replace the operator named, or drop that target from the recipe.",
+        )
     if fail_on_gate and not report.passed:
         raise GateFailedError(
             f"{len(report.misses)} budget(s) missed; bundles and report are in {recipe.output_dir}",
@@ -374,6 +383,76 @@ def _gate_output(recipe: Recipe, output_names: Sequence[str]) -> str:
     return output_names[0]
 
 
+# --- per-format builds -----------------------------------------------------------------------
+
+ENTRYPOINTS = {"onnx": "model.onnx", "tflite": "model.tflite", "coreml": "model.mlpackage"}
+RUNTIMES = {"onnx": "onnxruntime", "tflite": "litert", "coreml": "coremltools"}
+_FLOAT = Quantization(scheme="none", weight_dtype="float32", activation_dtype="float32")
+
+
+def _build(recipe: Recipe, fmt: str, variant: str, work: Path, source: _Source, calibration: _data.Dataset,
+           float_paths: dict[str, Path], steps: Progress) -> tuple[Path, Quantization, list[str]]:
+    """Export or quantize one artifact; ConversionError when this format cannot take the model."""
+    dest = work / f"{fmt}-{variant}" / ENTRYPOINTS[fmt]
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "onnx":
+        if variant in FLOAT_VARIANTS:
+            source.export(dest, calibration.batches)
+            float_paths.setdefault(fmt, dest)
+            return dest, _FLOAT, []
+        if fmt not in float_paths:
+            raise ConversionError(f"onnx/{variant}: the float onnx export failed, nothing to quantize")
+        quant, notes = _quantize(recipe, variant, float_paths[fmt], dest, calibration, source, steps)
+        return dest, quant, notes
+    if source.kind != "pytorch" or source.module is None:
+        raise ConversionError(f"{fmt}/{variant}: the {fmt} converter needs a PyTorch source (model.source = "
+                              f"'pytorch'); this recipe's source is {source.kind}")
+    first = calibration.batches[0]
+    names_in, names_out = source.input_names, source.output_names
+    if fmt == "tflite":
+        from edgewise.converters import _tflite
+
+        if variant in FLOAT_VARIANTS:
+            _tflite.export_float(source.module, first, names_in, names_out, dest)
+            float_paths.setdefault(fmt, dest)
+            return dest, _FLOAT, ["exported at batch 1 (litert-torch fixes shapes); larger batches run sample by "
+                                  "sample in the LiteRT backend"]
+        if variant == "int8-static":
+            info = _tflite.quantize_static_int8(source.module, calibration.batches, names_in, names_out, dest,
+                                                per_channel=recipe.quantization.per_channel,
+                                                max_samples=recipe.data.calibration_samples)
+            quant = Quantization(scheme="int8-static", weight_dtype="int8", activation_dtype="int8",
+                                 per_channel=recipe.quantization.per_channel, calibration=info,
+                                 details={"io_dtype": "int8", "io_scaled_by_runtime": True})
+            return dest, quant, ["PT2E full INT8: int8 input/output tensors, scaled to float by the LiteRT backend"]
+        if fmt not in float_paths:
+            raise ConversionError(f"tflite/{variant}: the float tflite export failed, nothing to quantize")
+        info = _tflite.quantize_with_recipe(float_paths[fmt], dest, variant)
+        activation = "int8-dynamic" if variant == "int8-dynamic" else "float32"
+        quant = Quantization(scheme=variant, weight_dtype="int8", activation_dtype=activation, details=info)
+        return dest, quant, [f"ai-edge-quantizer recipe {info['recipe']} on the float .tflite"]
+    from edgewise.converters import _coreml
+
+    target = recipe_target(recipe, fmt)
+    deployment = _coreml.deployment_target(variant, target.deployment_target if target else None)
+    _coreml.export(source.module, first, names_in, names_out, dest, variant=variant, target=deployment)
+    weights = {"fp32": "float32", "fp16": "float16", "int8-weight-only": "int8", "palettized4": "uint4-lut"}[variant]
+    quant = Quantization(scheme="none" if variant == "fp32" else variant, weight_dtype=weights,
+                         activation_dtype="float16" if variant != "fp32" else "float32",
+                         details={"deployment_target": deployment})
+    return dest, quant, []
+
+
+def recipe_target(recipe: Recipe, fmt: str):
+    return next((t for t in recipe.targets if t.format == fmt), None)
+
+
+def _failed_row(fmt: str, variant: str, exc: ConversionError) -> ArtifactRow:
+    return ArtifactRow(artifact=f"{fmt}/{variant}", format=fmt, variant=variant, bundle="", size_bytes=0,
+                       metrics={}, latency_ms={}, budgets={}, notes=[f"not built: {exc.message}"],
+                       error=exc.message)
+
+
 # --- quantization ----------------------------------------------------------------------------
 
 def _quantize(recipe: Recipe, variant: str, float_path: Path, dest: Path, calibration: _data.Dataset,
@@ -476,7 +555,11 @@ def _gate_and_bundle(recipe: Recipe, fmt: str, variant: str, artifact: Path, qua
                      source: _Source, evaluation: _data.Dataset, ref_gate: np.ndarray, gate_output: str,
                      float_row: ArtifactRow | None, *, budgets: gate.Budgets | None = None,
                      name: str | None = None) -> ArtifactRow:
-    model = device_runtime.load(artifact, device="cpu")
+    try:
+        model = device_runtime.load(artifact, device="cpu")
+    except BackendUnavailableError as exc:  # Core ML off macOS: check what can be checked, run nothing
+        return _unrun_bundle(recipe, fmt, variant, artifact, quant, notes, source, evaluation, float_row, exc,
+                             name or recipe.model.name)
     try:
         outputs = [model.run(batch) for batch in evaluation.batches]
     except Exception as exc:
@@ -485,7 +568,7 @@ def _gate_and_bundle(recipe: Recipe, fmt: str, variant: str, artifact: Path, qua
     metrics = gate.compare(recipe.model.task, ref_gate, candidate, evaluation.labels)
     # The middle evaluation batch: text batches are sorted by length, and the first holds the shortest.
     latency = measure_latency(model, evaluation.batches[len(evaluation.batches) // 2], recipe.latency_batch)
-    size = artifact.stat().st_size
+    size = _size(artifact)
     row = ArtifactRow(
         artifact=f"{fmt}/{variant}", format=fmt, variant=variant, bundle="", size_bytes=size,
         metrics=metrics, latency_ms=latency, budgets={}, notes=list(notes), params=source.params,
@@ -538,7 +621,7 @@ def _write_bundle(recipe: Recipe, fmt: str, variant: str, artifact: Path, model:
                   quant: Quantization, source: _Source, evaluation: _data.Dataset, row: ArtifactRow,
                   gate_output: str, name: str, *, reference: dict | None = None) -> Bundle:
     builder = BundleBuilder()
-    builder.add_file(artifact, "model.onnx", role="model")
+    _add_artifact(builder, fmt, artifact)
     for extra in source.extra_files:
         builder.add_file(extra, f"tokenizer/{extra.name}", role="tokenizer")
     sample_in = {k: v[:2] for k, v in evaluation.batches[0].items()}
@@ -550,7 +633,7 @@ def _write_bundle(recipe: Recipe, fmt: str, variant: str, artifact: Path, model:
                        atol=0.05 * scale + 1e-3 if quantized else 1e-4 * max(scale, 1.0))
     manifest = Manifest(
         name=name, version=recipe.model.version, format=fmt, task=recipe.model.task,
-        entrypoint="model.onnx", files=(), signature=model.signature, quantization=quant,
+        entrypoint=ENTRYPOINTS[fmt], files=(), signature=model.signature, quantization=quant,
         source=Source(kind=source.kind, digest=source.digest, name=recipe.model.path.name),
         edgewise_version="",
         metrics={
@@ -560,7 +643,7 @@ def _write_bundle(recipe: Recipe, fmt: str, variant: str, artifact: Path, model:
             "latency_ms": row.latency_ms,
             "size_ratio_vs_float": row.size_ratio,
         },
-        requirements=Requirements(backends=("onnxruntime",)),
+        requirements=Requirements(backends=(RUNTIMES[fmt],)),
         extra={"variant": variant, "notes": row.notes},
         reference=reference,
     )
@@ -570,7 +653,74 @@ def _write_bundle(recipe: Recipe, fmt: str, variant: str, artifact: Path, model:
     return builder.write(dest, manifest)
 
 
+def _size(artifact: Path) -> int:
+    return sum(p.stat().st_size for p in artifact.rglob("*") if p.is_file()) if artifact.is_dir() \
+        else artifact.stat().st_size
+
+
+def _add_artifact(builder: BundleBuilder, fmt: str, artifact: Path) -> None:
+    if artifact.is_dir():  # .mlpackage: every file of the package, each hashed
+        builder.add_tree(artifact, ENTRYPOINTS[fmt], role="model")
+    else:
+        builder.add_file(artifact, ENTRYPOINTS[fmt], role="model")
+
+
+def _unrun_bundle(recipe: Recipe, fmt: str, variant: str, artifact: Path, quant: Quantization, notes: list[str],
+                  source: _Source, evaluation: _data.Dataset, float_row: ArtifactRow | None,
+                  reason: BackendUnavailableError, name: str) -> ArtifactRow:
+    """A bundle for an engine that cannot run here: checked statically, never claimed to be gated.
+
+    The stored sample's expected output is the *source model's* (with tolerances for float16 / compressed
+    weights), so a device that can run it checks it after an install; the manifest says which is which.
+    """
+    from edgewise.converters import _coreml
+
+    target = quant.details.get("deployment_target", "")
+    static = _coreml.checks(artifact, source.input_names, source.output_names, variant, target)
+    signature = device_runtime.inspect_file(artifact)["signature"]
+    size = _size(artifact)
+    row = ArtifactRow(
+        artifact=f"{fmt}/{variant}", format=fmt, variant=variant, bundle="", size_bytes=size, metrics={},
+        latency_ms={}, budgets={}, notes=[*notes, f"accuracy not gated here: {reason.message}"],
+        params=source.params, not_run=reason.message,
+    )
+    if float_row is not None:
+        row.size_ratio = float_row.size_bytes / size
+    builder = BundleBuilder()
+    _add_artifact(builder, fmt, artifact)
+    fixed_batch = isinstance(signature.inputs[0].shape[0], int) if signature.inputs else False
+    sample_in = {k: v[: 1 if fixed_batch else 2] for k, v in evaluation.batches[0].items()}
+    sample_out = source.run([sample_in])[0]
+    # A flexible-batch ML program leaves output shapes open: take them from the source model's output.
+    signature = replace(signature, outputs=tuple(
+        spec if spec.shape or spec.name not in sample_out else replace(spec, shape=("batch", *sample_out[spec.name]
+                                                                                     .shape[1:]))
+        for spec in signature.outputs))
+    scale = max(float(np.abs(v).max()) for v in sample_out.values()) if sample_out else 1.0
+    loose = 0.1 if variant == "palettized4" else 0.05
+    builder.add_sample(sample_in, sample_out, rtol=loose, atol=loose * scale + 1e-3)
+    manifest = Manifest(
+        name=name, version=recipe.model.version, format=fmt, task=recipe.model.task,
+        entrypoint=ENTRYPOINTS[fmt], files=(), signature=signature, quantization=quant,
+        source=Source(kind=source.kind, digest=source.digest, name=recipe.model.path.name),
+        edgewise_version="",
+        metrics={
+            "gate": {"passed": None, "not_run": reason.message, "eval_data": evaluation.description},
+            **static,
+            "size_ratio_vs_float": row.size_ratio,
+        },
+        requirements=Requirements(backends=(RUNTIMES[fmt],)),
+        extra={"variant": variant, "notes": row.notes, "sample_expected_from": "source model (not run here)",
+               "deployment_target": target},
+    )
+    bundle = builder.write(recipe.output_dir / f"{recipe.model.name}-{fmt}-{variant}", manifest)
+    row.bundle = str(bundle.root)
+    return row
+
+
 def _row_summary(row: ArtifactRow) -> str:
+    if row.not_run:
+        return f"{row.size_bytes / 1e6:.2f} MB, checked statically (not run: {row.not_run.split(';')[0]})"
     m = row.metrics
     quality = (f"top-1 agreement {100 * m['top1_agreement']:.2f}%" if "top1_agreement" in m
                else f"cosine min {m['cosine_min']:.5f}")

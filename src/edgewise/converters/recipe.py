@@ -59,6 +59,10 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     # GGUF (language models): float files written by edgewise, quantized ones by llama.cpp's quantizer.
     "gguf": ("f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q5_k_s", "q4_k_m", "q4_k_s", "q3_k_m", "q2_k",
              "q5_0", "q5_1", "q4_0", "q4_1"),
+    # litert-torch float; PT2E full INT8 (int8 I/O); ai-edge-quantizer dynamic-range / weight-only INT8.
+    "tflite": ("fp32", "int8-static", "int8-dynamic", "int8-weight-only"),
+    # coremltools ML program: float32 / float16 compute; int8 linear weights; 4-bit k-means palettization.
+    "coreml": ("fp32", "fp16", "int8-weight-only", "palettized4"),
 }
 FLOAT_VARIANTS = ("fp32", "fp16", "f32", "f16", "bf16")
 
@@ -136,6 +140,7 @@ class GgufSpec:
 class Target:
     format: str
     variants: tuple[str, ...]
+    deployment_target: str | None = None  # coreml only: "iOS16", "macOS14", ... (default: what a variant needs)
 
 
 @dataclass(frozen=True)
@@ -179,6 +184,9 @@ def parse_recipe(raw: Mapping[str, Any], *, base_dir: Path, recipe_path: Path | 
     model = _model(_table(raw, "model", required=True), base_dir)
     data = _data(_table(raw, "data", required=True), base_dir, model)
     targets = _targets(raw.get("targets"))
+    if any(t.format == "gguf" for t in targets) != (model.task == "text-generation"):
+        raise RecipeError("format = 'gguf' is for language models (model.task = 'text-generation'), and they "
+                          "convert to GGUF only", hint="Use onnx / tflite / coreml targets for tensor models.")
     quant = _quant(_table(raw, "quantization"))
     budgets_raw = dict(_table(raw, "budgets"))
     float_raw = budgets_raw.pop("float", {})
@@ -328,7 +336,7 @@ def _targets(raw: Any) -> tuple[Target, ...]:
     targets = []
     for i, table in enumerate(raw):
         where = f"targets[{i}]"
-        _known(table, {"format", "variants"}, where)
+        _known(table, {"format", "variants", "deployment_target"}, where)
         fmt = table.get("format")
         if fmt not in VARIANTS:
             raise RecipeError(f"{where}.format: {fmt!r} has no converter in this edgewise version; "
@@ -341,7 +349,15 @@ def _targets(raw: Any) -> tuple[Target, ...]:
         if not any(v in FLOAT_VARIANTS for v in variants):
             # quantized variants are made from and measured against the float one
             variants = ("f16" if fmt == "gguf" else "fp32", *variants)
-        targets.append(Target(fmt, variants))
+        deployment = table.get("deployment_target")
+        if deployment is not None:
+            from edgewise.converters._coreml import deployment_target
+
+            if fmt != "coreml":
+                raise RecipeError(f"{where}.deployment_target applies to format = 'coreml' only")
+            for variant in variants:
+                deployment_target(variant, deployment)  # RecipeError now, not after the float export
+        targets.append(Target(fmt, variants, deployment))
     return tuple(targets)
 
 

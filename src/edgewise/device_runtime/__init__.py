@@ -19,6 +19,7 @@ from edgewise.device_runtime._devices import BackendReport, DeviceReport, probe
 from edgewise.device_runtime._drift import DriftMonitor, DriftStatus, build_reference, psi
 from edgewise.device_runtime._gguf_check import GgufInfo, read_gguf_info
 from edgewise.device_runtime._inputs import InputValidator
+from edgewise.device_runtime._inspect import inspect_file
 from edgewise.device_runtime._metrics import Metrics, default_metrics, record_fallback
 from edgewise.device_runtime._model import Model, detect_format, load
 from edgewise.device_runtime._observe import ObserveConfig, ObservedModel, observed
@@ -54,6 +55,7 @@ __all__ = [
     "decide_promotion",
     "default_metrics",
     "detect_format",
+    "inspect_file",
     "known_formats",
     "load",
     "observed",

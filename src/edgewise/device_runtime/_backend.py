@@ -61,6 +61,8 @@ class Backend(Protocol):
 _BUILTIN: dict[str, tuple[str, str, str]] = {
     "onnx": ("edgewise.device_runtime._onnx", "OnnxRuntimeBackend", "onnx"),
     "gguf": ("edgewise.device_runtime._gguf", "LlamaCppBackend", "gguf"),
+    "tflite": ("edgewise.device_runtime._litert", "LiteRTBackend", "tflite"),
+    "coreml": ("edgewise.device_runtime._coreml", "CoreMLBackend", "coreml"),
 }
 _FACTORIES: dict[str, Callable[[], Backend]] = {}
 _INSTANCES: dict[str, Backend] = {}

@@ -37,12 +37,13 @@ def probe() -> DeviceReport:
     for fmt in known_formats():
         try:
             backend = backend_for(fmt)
+            accelerators = tuple(backend.accelerators())  # Core ML raises here off macOS
         except BackendUnavailableError as exc:
             reports.append(BackendReport(format=fmt, backend="-", installed=False, problem=str(exc)))
             continue
         reports.append(BackendReport(
             format=fmt, backend=backend.name, installed=True, version=backend.version(),
-            accelerators=tuple(backend.accelerators()),
+            accelerators=accelerators,
         ))
     return DeviceReport(
         machine=f"{platform.system()} {platform.machine()}",
