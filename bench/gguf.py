@@ -27,6 +27,7 @@ from edgewise.demo.llm import smollm2_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "Write a short story about a robot who learns to paint."
+MESSAGES = [{"role": "user", "content": PROMPT}]
 THREADS = 2
 
 
@@ -40,16 +41,18 @@ def _edgewise_vs_raw(bundle: Path, n_tokens: int, rounds: int) -> dict:
     model = device_runtime.load(bundle, threads=THREADS, engine_options={"n_ctx": 512})
     llm = model._llm  # the same llama_cpp.Llama edgewise holds: one model, one thread pool
     sampling = dict(temperature=0.0, top_p=1.0, top_k=1, min_p=0.0, repeat_penalty=1.0)
+    # The raw side gets the very tokens edgewise's chat() feeds (the file's ChatML template, rendered once).
+    prompt_tokens = llm.tokenize(model.render_chat(MESSAGES).encode(), add_bos=False, special=True)
 
     def ours() -> int:
-        return model.generate(PROMPT, max_tokens=n_tokens).completion_tokens
+        return model.chat(MESSAGES, max_tokens=n_tokens).completion_tokens
 
     def raw() -> int:
-        return llm.create_completion(PROMPT, max_tokens=n_tokens, **sampling)["usage"]["completion_tokens"]
+        return llm.create_completion(prompt_tokens, max_tokens=n_tokens, **sampling)["usage"]["completion_tokens"]
 
-    assert model.generate(PROMPT, max_tokens=16).text == llm.create_completion(PROMPT, max_tokens=16,
-                                                                              **sampling)["choices"][0]["text"]
-    ours(), raw()
+    same = model.chat(MESSAGES, max_tokens=n_tokens).text == \
+        llm.create_completion(prompt_tokens, max_tokens=n_tokens, **sampling)["choices"][0]["text"]
+    assert same and ours() == raw() == n_tokens, "both sides must generate the same n_tokens"
     our_rates, raw_rates = [], []
     for _ in range(rounds):
         raw_rates.append(_timed_tokens(raw))
@@ -65,7 +68,7 @@ def _decode_speed(bundles: dict[str, Path], n_tokens: int, rounds: int) -> dict[
     rates: dict[str, list[float]] = {v: [] for v in models}
     for _ in range(rounds):  # interleaved, so machine drift hits every file alike
         for variant, model in models.items():
-            rates[variant].append(_timed_tokens(lambda m=model: m.generate(PROMPT, max_tokens=n_tokens)
+            rates[variant].append(_timed_tokens(lambda m=model: m.chat(MESSAGES, max_tokens=n_tokens)
                                                 .completion_tokens))
     for model in models.values():
         model.close()
