@@ -112,3 +112,16 @@ def test_unknown_pre_tokenizer_is_refused(tmp_path):
     with pytest.raises(UnsupportedModelError, match="pre-tokenizer"):
         hf_to_gguf(ckpt, tmp_path / "m.gguf")
     hf_to_gguf(ckpt, tmp_path / "m.gguf", pre_tokenizer="gpt-2")  # an explicit name is the way out
+
+
+@pytest.mark.parametrize("qtype", ["q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0"])
+def test_every_listed_quantization_loads_and_generates(tmp_path, qtype):
+    """Each type the issue names goes through llama.cpp's quantizer and the file runs on the device."""
+    from edgewise import device_runtime
+
+    ckpt = tiny_checkpoint(tmp_path / "hf")
+    hf_to_gguf(ckpt, tmp_path / "m.gguf", dtype="f16")
+    result = quantize_gguf(tmp_path / "m.gguf", tmp_path / f"{qtype}.gguf", qtype)
+    assert result.size_bytes < (tmp_path / "m.gguf").stat().st_size
+    with device_runtime.load(tmp_path / f"{qtype}.gguf", threads=2) as model:
+        assert model.generate("The quick", max_tokens=4).completion_tokens == 4
