@@ -11,6 +11,7 @@ import numpy as np
 from edgewise.bundle import Bundle, Signature
 from edgewise.device_runtime._backend import LoadOptions, Session, backend_for
 from edgewise.device_runtime._inputs import InputValidator, synthetic_inputs
+from edgewise.device_runtime._placed import PlacedModel
 from edgewise.device_runtime._placement import Attempt, Placement, rank, satisfies
 from edgewise.device_runtime._text import TextModel
 from edgewise.errors import ArtifactError, BundleNotFoundError, EdgewiseError, PlacementError
@@ -19,7 +20,7 @@ _SUFFIX_FORMATS = {".onnx": "onnx", ".ort": "onnx", ".tflite": "tflite", ".gguf"
                    ".mlpackage": "coreml", ".mlmodel": "coreml", ".mlmodelc": "coreml"}
 
 
-class Model:
+class Model(PlacedModel):
     """A model ready to run on this device.
 
     ``run`` validates inputs against ``signature`` and returns ``{output name: array}``.
@@ -37,29 +38,8 @@ class Model:
         self.path = path
         self.bundle = bundle
 
-    @property
-    def backend(self) -> str:
-        return self.placement.backend
-
-    @property
-    def device(self) -> str:
-        return self.placement.device
-
-    @property
-    def accelerator(self) -> str:
-        return self.placement.accelerator
-
     def run(self, inputs: Any) -> dict[str, np.ndarray]:
         return self._run(self._validate(inputs))
-
-    def close(self) -> None:
-        self._session.close()
-
-    def __enter__(self) -> Model:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"Model({self.path.name}: {self.placement.describe()})"

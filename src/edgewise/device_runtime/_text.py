@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edgewise.bundle import Bundle
+from edgewise.device_runtime._placed import PlacedModel
 from edgewise.device_runtime._placement import Placement
 from edgewise.errors import ContextOverflowError, InferenceError, InputError
 
@@ -58,7 +59,7 @@ class TextStream:
             close()
 
 
-class TextModel:
+class TextModel(PlacedModel):
     """A GGUF language model placed on this device (see ``device_runtime.load``)."""
 
     def __init__(self, session: Any, placement: Placement, path: Path, bundle: Bundle | None) -> None:
@@ -72,14 +73,6 @@ class TextModel:
         self.context_length: int = int(self._llm.n_ctx())
         self.chat_template: str | None = session.info.chat_template
         self._template = None
-
-    @property
-    def backend(self) -> str:
-        return self.placement.backend
-
-    @property
-    def device(self) -> str:
-        return self.placement.device
 
     def tokenize(self, text: str, *, special: bool = False) -> list[int]:
         """Token ids as llama.cpp sees them, BOS included when the model adds one."""
@@ -117,15 +110,6 @@ class TextModel:
              stream: bool = False) -> Completion | TextStream:
         """Answer a conversation using the chat template stored in the model file."""
         return self._complete(self._chat_tokens(messages), max_tokens, temperature, top_p, stop, seed, stream)
-
-    def close(self) -> None:
-        self._session.close()
-
-    def __enter__(self) -> TextModel:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"TextModel({self.path.name}: {self.placement.describe()}, n_ctx={self.context_length})"

@@ -71,43 +71,37 @@ class Served:
         return f"served by {where} in {self.latency_ms:.0f} ms: {self.reason} ({self.detail}){tried}"
 
 
+class _ServedBy:
+    """Shortcuts to ``served``: where, why and how fast an answer came."""
+
+    served: Served
+
+    @property
+    def served_by(self) -> str:
+        return self.served.served_by
+
+    @property
+    def reason(self) -> str:
+        return self.served.reason
+
+    @property
+    def latency_ms(self) -> float:
+        return self.served.latency_ms
+
+
 @dataclass(frozen=True)
-class TextResponse:
+class TextResponse(_ServedBy):
     text: str
     served: Served
     finish_reason: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
 
-    @property
-    def served_by(self) -> str:
-        return self.served.served_by
-
-    @property
-    def reason(self) -> str:
-        return self.served.reason
-
-    @property
-    def latency_ms(self) -> float:
-        return self.served.latency_ms
-
 
 @dataclass(frozen=True)
-class TensorResponse:
+class TensorResponse(_ServedBy):
     outputs: dict[str, np.ndarray]
     served: Served
-
-    @property
-    def served_by(self) -> str:
-        return self.served.served_by
-
-    @property
-    def reason(self) -> str:
-        return self.served.reason
-
-    @property
-    def latency_ms(self) -> float:
-        return self.served.latency_ms
 
 
 @dataclass
