@@ -29,7 +29,7 @@ import numpy as np
 from tests.fallback import _servers
 
 from bench._common import interleaved_ratio, table, write
-from edgewise.errors import FallbackError
+from edgewise.errors import DataError, FallbackError
 from edgewise.fallback import (
     BreakerPolicy,
     BreakerState,
@@ -163,11 +163,10 @@ def main() -> int:
         try:
             import llama_cpp.server  # noqa: F401
 
-            from edgewise.demo.fallback import smollm2_gguf
+            from edgewise.demo.llm import smollm2_gguf
 
-            gguf = smollm2_gguf()
-            text = text_overhead(gguf, folder) if gguf else None
-        except ImportError:
+            text = text_overhead(smollm2_gguf(), folder)
+        except (ImportError, DataError):
             pass
     data = {
         "decision_us": round(decision["decision_us"], 3), "preflight_us": round(decision["preflight_us"], 3),

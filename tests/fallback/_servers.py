@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -19,52 +18,14 @@ from pathlib import Path
 
 import httpx
 
+# start_llama_server and stop are used by the tests through this module, like its own helpers.
+from edgewise.demo._local_server import free_port, wait_ready
+from edgewise.demo._local_server import start_llama_server as start_llama_server
+from edgewise.demo._local_server import stop as stop
+
 ROOT = Path(__file__).resolve().parents[2]
 PEERS = ROOT / ".cache" / "peers"
 MLSERVER_SPEC = "mlserver==1.7.1"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float, log: Path) -> None:
-    """Poll ``url`` until it answers 200; fail with the server's log if it dies or takes too long."""
-    stop = time.monotonic() + timeout_s
-    while time.monotonic() < stop:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
-        try:
-            if httpx.get(url, timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError(f"server not ready at {url} within {timeout_s} s:\n{log.read_text(errors='replace')[-3000:]}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-
-
-def start_llama_server(model: Path, n_ctx: int, log: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1",
-           "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", "2", "--verbose", "False"]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    wait_ready(f"{url}/v1/models", proc, 120, log)
-    return proc, url
 
 
 def mlserver_venv(timeout_s: float = 900) -> Path:

