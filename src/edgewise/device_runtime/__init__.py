@@ -15,7 +15,7 @@ model of that format is loaded (``pip install edgewise[onnx]`` is enough for ONN
 """
 
 from edgewise.device_runtime._backend import Backend, LoadOptions, Session, known_formats, register_backend
-from edgewise.device_runtime._devices import BackendReport, DeviceReport, probe
+from edgewise.device_runtime._devices import BackendReport, DeviceReport, probe, usable_cores
 from edgewise.device_runtime._drift import DriftMonitor, DriftStatus, build_reference, psi
 from edgewise.device_runtime._gguf_check import GgufInfo, read_gguf_info
 from edgewise.device_runtime._inputs import InputValidator
@@ -65,4 +65,5 @@ __all__ = [
     "read_gguf_info",
     "record_fallback",
     "register_backend",
+    "usable_cores",
 ]

@@ -11,6 +11,13 @@ from edgewise.device_runtime._placement import Accelerator
 from edgewise.errors import BackendUnavailableError
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity, e.g. inside a container), at least 1."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 @dataclass(frozen=True)
 class BackendReport:
     """One engine: installed or not (and how to install it), and what it can run on."""

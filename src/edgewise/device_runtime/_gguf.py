@@ -7,7 +7,6 @@ memory (``_offload``), and what was chosen is kept in the placement's words.
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import llama_cpp
 
 from edgewise.bundle import Signature
 from edgewise.device_runtime._backend import LoadOptions
+from edgewise.device_runtime._devices import usable_cores
 from edgewise.device_runtime._gguf_check import GgufInfo, read_gguf_info
 from edgewise.device_runtime._offload import OffloadPlan, kv_cache_bytes_per_layer, plan_offload
 from edgewise.device_runtime._placement import Accelerator
@@ -55,7 +55,7 @@ class LlamaCppBackend:
             plan = OffloadPlan(layers, min(layers, info.block_count), info.block_count, f"n_gpu_layers={layers} asked")
         if accelerator.kind != "cpu" and plan.n_gpu_layers == 0:
             raise RuntimeError(plan.reason)  # the loader records it and falls back to the CPU placement
-        threads = options.threads or engine.pop("n_threads", None) or _default_threads()
+        threads = options.threads or engine.pop("n_threads", None) or usable_cores()
         try:
             llm = llama_cpp.Llama(str(path), n_ctx=n_ctx, n_gpu_layers=plan.n_gpu_layers, n_threads=threads,
                                   n_threads_batch=threads, verbose=bool(engine.pop("verbose", False)), **engine)
@@ -141,6 +141,3 @@ def _free_gpu_bytes() -> int | None:
         return None
     return None
 
-
-def _default_threads() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))

@@ -68,6 +68,12 @@ class GgufInfo:
         return int(self.arch_value("block_count", 0) or 0)
 
     @property
+    def add_bos(self) -> bool:
+        """Whether prompts start with BOS (llama.cpp's default when the file does not say)."""
+        value = self.metadata.get("tokenizer.ggml.add_bos_token")
+        return bool(value) if value is not None else True
+
+    @property
     def chat_template(self) -> str | None:
         value = self.metadata.get("tokenizer.chat_template")
         return value if isinstance(value, str) else None

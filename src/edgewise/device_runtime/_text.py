@@ -76,7 +76,7 @@ class TextModel(PlacedModel):
 
     def tokenize(self, text: str, *, special: bool = False) -> list[int]:
         """Token ids as llama.cpp sees them, BOS included when the model adds one."""
-        return self._llm.tokenize(text.encode("utf-8"), add_bos=self._add_bos(), special=special)
+        return self._llm.tokenize(text.encode("utf-8"), add_bos=self.info.add_bos, special=special)
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenize(text))
@@ -178,10 +178,6 @@ class TextModel(PlacedModel):
             env.globals["raise_exception"] = raise_exception
             self._template = env.from_string(self.chat_template)
         return self._template
-
-    def _add_bos(self) -> bool:
-        value = self.info.metadata.get("tokenizer.ggml.add_bos_token")
-        return bool(value) if value is not None else True
 
 
 def _piece(llm: Any, token: int) -> str:

@@ -391,23 +391,23 @@ class Router:
             return None
 
     def _loaded_text(self) -> TextModel:
-        if isinstance(self._text_model, str | os.PathLike):
-            with self._load_lock:
-                if isinstance(self._text_model, str | os.PathLike):
-                    from edgewise import device_runtime
-
-                    self._text_model = device_runtime.load(self._text_model, engine_options=self._engine_options)
-        return self._text_model
+        return self._loaded("_text_model")
 
     def _loaded_tensor(self) -> TensorModel:
-        if isinstance(self._tensor_model, str | os.PathLike):
+        return self._loaded("_tensor_model")
+
+    def _loaded(self, attribute: str):
+        """The on-device model, loaded on first use when it was given as a path (once, under a lock)."""
+        model = getattr(self, attribute)
+        if isinstance(model, str | os.PathLike):
             with self._load_lock:
-                if isinstance(self._tensor_model, str | os.PathLike):
+                model = getattr(self, attribute)
+                if isinstance(model, str | os.PathLike):
                     from edgewise import device_runtime
 
-                    self._tensor_model = device_runtime.load(self._tensor_model, engine_options=self._engine_options)
-        return self._tensor_model
-
+                    model = device_runtime.load(model, engine_options=self._engine_options)
+                    setattr(self, attribute, model)
+        return model
 
 _PENDING = Served(DEVICE, "", "", 0.0)
 

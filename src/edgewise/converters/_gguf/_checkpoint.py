@@ -65,7 +65,7 @@ def read_checkpoint(path: str | Path) -> HfCheckpoint:
     if not root.is_dir():
         raise ConversionError(f"{root} is not a folder", hint="Pass a Hugging Face checkpoint folder "
                               "(config.json, *.safetensors, tokenizer.json).")
-    config = _json(root / "config.json", required=True)
+    config = read_json(root / "config.json", required=True)
     archs = config.get("architectures") or []
     arch = next((a for a in archs if a in ARCHITECTURES), None)
     if arch is None:
@@ -96,12 +96,13 @@ def read_checkpoint(path: str | Path) -> HfCheckpoint:
     return HfCheckpoint(
         path=root, config=config, hf_architecture=arch, gguf_architecture=gguf_arch, permute_qk=permute,
         weight_files=weights, tokenizer_json=tokenizer,
-        tokenizer_config=_json(root / "tokenizer_config.json"),
-        generation_config=_json(root / "generation_config.json"),
+        tokenizer_config=read_json(root / "tokenizer_config.json"),
+        generation_config=read_json(root / "generation_config.json"),
     )
 
 
-def _json(path: Path, *, required: bool = False) -> dict[str, Any]:
+def read_json(path: Path, *, required: bool = False) -> dict[str, Any]:
+    """A JSON object from the checkpoint folder; ``{}`` for an optional file that is absent."""
     if not path.is_file():
         if required:
             raise ConversionError(f"{path.parent.name} has no {path.name}",

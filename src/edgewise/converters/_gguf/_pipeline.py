@@ -9,7 +9,6 @@ float file, plus generation speed; bundle each file with its measurements; gate.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from edgewise.converters._gguf._writer import FLOAT_TYPES, write_gguf
 from edgewise.converters._progress import Progress
 from edgewise.converters.recipe import Recipe
 from edgewise.converters.report import ArtifactRow, ConversionReport
+from edgewise.device_runtime import usable_cores
 from edgewise.errors import DataError, GateFailedError, RecipeError
 
 
@@ -37,7 +37,7 @@ def convert_text_generation(recipe: Recipe, *, progress: bool = True, fail_on_ga
     floats = [v for v in variants if v in FLOAT_TYPES]
     checkpoint = read_checkpoint(recipe.model.path)  # architecture and tokenizer problems fail here, in ms
     text = _eval_text(recipe)
-    threads = spec.threads or max(1, len(os.sched_getaffinity(0)))
+    threads = spec.threads or usable_cores()
     steps = Progress(total=2 + 2 * len(variants), enabled=progress)
     report = ConversionReport(
         model=recipe.model.name, version=recipe.model.version, task=recipe.model.task,

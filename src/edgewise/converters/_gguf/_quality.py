@@ -79,7 +79,7 @@ class LogitsRunner:
 
         from edgewise.device_runtime import read_gguf_info
 
-        read_gguf_info(path)
+        self.info = read_gguf_info(path)
         self.n_ctx = n_ctx
         self.llm = llama_cpp.Llama(str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True,
                                    n_threads=threads, n_threads_batch=threads, verbose=False)
@@ -93,15 +93,6 @@ class LogitsRunner:
         first = len(chunk) // 2
         # scores[i] predicts token i+1: positions first-1 .. n-2 predict tokens first .. n-1
         return log_softmax(np.asarray(self.llm.scores[first - 1:len(chunk) - 1]))
-
-    def tokens_per_second(self, prompt: str, n_tokens: int = 64) -> float:
-        """Greedy decode speed (end-of-text suppressed so that exactly ``n_tokens`` are generated)."""
-        llm = self.llm
-        bias = {llm.token_eos(): -1e9}
-        start = time.perf_counter()
-        out = llm.create_completion(prompt, max_tokens=n_tokens, temperature=0.0, logit_bias=bias)
-        elapsed = time.perf_counter() - start
-        return out["usage"]["completion_tokens"] / elapsed
 
     def close(self) -> None:
         self.llm.close()
@@ -169,7 +160,7 @@ def parity_with_transformers(checkpoint_dir: Path, gguf_path: Path, prompt: str,
     hf_ids = tokenizer(prompt)["input_ids"]
     runner = LogitsRunner(gguf_path, max(64, len(hf_ids) + greedy_tokens + 8), threads)
     try:
-        ours = runner.llm.tokenize(prompt.encode("utf-8"), add_bos=_adds_bos(runner.llm), special=False)
+        ours = runner.llm.tokenize(prompt.encode("utf-8"), add_bos=runner.info.add_bos, special=False)
         runner.llm.reset()
         runner.llm.eval(hf_ids)
         gguf_logits = np.asarray(runner.llm.scores[:len(hf_ids)], dtype=np.float64)
@@ -200,7 +191,3 @@ def parity_with_transformers(checkpoint_dir: Path, gguf_path: Path, prompt: str,
         "positions": len(hf_ids),
     }
 
-
-def _adds_bos(llm) -> bool:
-    value = llm.metadata.get("tokenizer.ggml.add_bos_token")
-    return value is None or str(value).lower() == "true"

@@ -9,6 +9,7 @@ not the requested family is reported, with bits per weight of the whole file.
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 from collections import Counter
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgewise.device_runtime import read_gguf_info
+from edgewise.device_runtime import read_gguf_info, usable_cores
 from edgewise.errors import ConversionError
 
 # edgewise name -> (llama.cpp ftype constant, ggml tensor types that count as "what was asked")
@@ -70,7 +71,7 @@ def quantize_gguf(source: str | Path, dest: str | Path, qtype: str, *, threads: 
     partial = dest.with_name(dest.name + ".partial")
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, QUANT_TYPES[key][0])
-    params.nthread = threads or (os.cpu_count() or 1)
+    params.nthread = threads or usable_cores()
     params.allow_requantize = False
     with _captured_output() as log:
         rc = llama_cpp.llama_model_quantize(str(source).encode(), str(partial).encode(), ctypes.byref(params))
@@ -109,21 +110,21 @@ def _captured_output() -> Iterator[list[str]]:
 
 
 def describe_quantized(path: Path, qtype: str) -> QuantizedGguf:
-    from gguf import GGUFReader
+    from gguf import GGMLQuantizationType
 
-    reader = GGUFReader(path)
+    info = read_gguf_info(path)  # the runtime's own bounds-checked header reader
     wanted = QUANT_TYPES[qtype][1]
     types: Counter[str] = Counter()
     fallbacks: Counter[str] = Counter()
     params = bits = 0
     weights = 0
-    for tensor in reader.tensors:
-        params += int(tensor.n_elements)
-        bits += int(tensor.n_bytes) * 8
+    for tensor in info.tensors:
+        params += math.prod(tensor.shape)
+        bits += tensor.nbytes * 8
         if len(tensor.shape) < 2 or tensor.name in _OWN_TYPE_TENSORS:
             continue
         weights += 1
-        kind = tensor.tensor_type.name
+        kind = GGMLQuantizationType(tensor.type_id).name
         types[kind] += 1
         if kind not in wanted:
             fallbacks[kind] += 1

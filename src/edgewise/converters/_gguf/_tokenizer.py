@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgewise.converters._gguf._checkpoint import HfCheckpoint
-from edgewise.errors import ConversionError, UnsupportedModelError
+from edgewise.converters._gguf._checkpoint import HfCheckpoint, read_json
+from edgewise.errors import UnsupportedModelError
 
 # llama.cpp token types (gguf.TokenType)
 NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
@@ -40,7 +40,7 @@ class GgufVocab:
 
 
 def read_vocab(checkpoint: HfCheckpoint, *, pre_tokenizer: str | None = None) -> GgufVocab:
-    data = _load(checkpoint.tokenizer_json)
+    data = read_json(checkpoint.tokenizer_json, required=True)
     model = data.get("model") or {}
     if model.get("type") != "BPE" or not _is_byte_level(data):
         raise UnsupportedModelError(
@@ -133,12 +133,3 @@ def _chat_template(checkpoint: HfCheckpoint) -> str | None:
         template = (checkpoint.path / "chat_template.jinja").read_text(encoding="utf-8")
     return template or None
 
-
-def _load(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConversionError(f"{path} is not a readable tokenizer.json: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConversionError(f"{path} is not a tokenizer.json object")
-    return data
