@@ -4,7 +4,8 @@ A TUF repository is plain files, so production serves it from any static server 
 This one serves a directory on 127.0.0.1 (``edgewise demo`` and the tests start it in-process) and
 can inject faults, so tests exercise the client against a real server rather than a mocked
 transport: trickle (slow retrieval), extra bytes after a file (endless data), a connection cut after
-N bytes (interrupted download), and a count of body bytes sent per path (resume must not re-fetch).
+N bytes (interrupted download), a server that ignores Range or answers with a chunked body, and a
+count of body bytes sent per path (resume must not re-fetch).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ class Faults:
     extra_match: str = ""
     cut_after: int | None = None  # close the connection after this many body bytes
     cut_match: str = ""
+    ignore_range: bool = False  # answer 200 with the whole file even when asked for a range
+    chunked: bool = False  # Transfer-Encoding: chunked instead of Content-Length
     sent: dict[str, int] = field(default_factory=dict)  # path -> body bytes sent
     requests: list[tuple[str, str]] = field(default_factory=list)  # (path, Range header)
 
@@ -81,7 +84,7 @@ def _make_handler(server: RepoServer) -> type[BaseHTTPRequestHandler]:
             extra = faults.extra_bytes if faults.extra_bytes and faults.extra_match in rel else 0
             total = size + extra
             start, end, status = 0, total - 1, 200
-            match = _RANGE.match(self.headers.get("Range", ""))
+            match = None if faults.ignore_range else _RANGE.match(self.headers.get("Range", ""))
             if match:
                 start = int(match.group(1))
                 end = min(int(match.group(2)), total - 1) if match.group(2) else total - 1
@@ -90,7 +93,10 @@ def _make_handler(server: RepoServer) -> type[BaseHTTPRequestHandler]:
                     return
                 status = 206
             self.send_response(status)
-            self.send_header("Content-Length", str(end - start + 1))
+            if faults.chunked:
+                self.send_header("Transfer-Encoding", "chunked")
+            else:
+                self.send_header("Content-Length", str(end - start + 1))
             self.send_header("Accept-Ranges", "bytes")
             if status == 206:
                 self.send_header("Content-Range", f"bytes {start}-{end}/{total}")
@@ -98,6 +104,10 @@ def _make_handler(server: RepoServer) -> type[BaseHTTPRequestHandler]:
             limit = faults.cut_after if faults.cut_after is not None and faults.cut_match in rel else None
             trickle = faults.trickle_s if faults.trickle_s and faults.trickle_match in rel else 0.0
             sent = 0
+            if faults.chunked:
+                sent = _send_chunked(self.wfile, _body(path, size, start, end, step=1 << 16))
+                faults.sent[rel] = faults.sent.get(rel, 0) + sent
+                return
             if limit is None and not trickle and not extra:
                 sent = _sendfile(self.connection, path, start, end - start + 1)
                 faults.sent[rel] = faults.sent.get(rel, 0) + sent
@@ -133,6 +143,15 @@ def _body(path: Path, size: int, start: int, end: int, *, step: int) -> Iterator
             chunk += b"\0" * (want - len(chunk))
             yield chunk
             position += want
+
+
+def _send_chunked(out, chunks: Iterator[bytes]) -> int:
+    sent = 0
+    for chunk in chunks:
+        out.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+        sent += len(chunk)
+    out.write(b"0\r\n\r\n")
+    return sent
 
 
 def _sendfile(sock: socket.socket, path: Path, start: int, count: int) -> int:
