@@ -113,6 +113,31 @@ def test_wrong_input_is_an_input_error(float_tflite):
         model.run(np.zeros((1, 16), np.float64))
 
 
+def test_prepared_requests_go_straight_to_the_engine_and_others_are_still_checked(float_tflite):
+    """``Model.run`` of a plain LiteRT model is the session's engine runner: an array of the tensor's
+    dtype and prepared shape skips validation; everything else must behave as the checked path."""
+    from edgewise.device_runtime._model import Model
+
+    model = device_runtime.load(float_tflite)
+    assert model.run is not Model.run and callable(model.run)
+    checked = lambda inputs: Model.run(model, inputs)  # noqa: E731 - validation, then the session's run
+    x = np.random.default_rng(6).normal(size=(1, 16)).astype(np.float32)
+    ref = _raw(float_tflite, x)
+    for request in ({"x": x}, x, [x], (x,)):
+        np.testing.assert_array_equal(model.run(request)["y"], ref)
+    batch = np.random.default_rng(7).normal(size=(3, 16)).astype(np.float32)
+    np.testing.assert_array_equal(model.run(batch)["y"], checked(batch)["y"])  # engine refuses; split
+    np.testing.assert_array_equal(model.run({"x": x})["y"], ref)  # the interpreter is still prepared
+    with pytest.raises(InputError, match="unexpected"):
+        model.run({"x": x, "z": x})
+    with pytest.raises(InputError, match="dtype"):
+        model.run({"x": x.astype(">f4")})  # LiteRT's own check would take these bytes as they are
+    with pytest.raises(InputError, match="dimension 1 must be 16"):
+        model.run(np.zeros((1, 15), np.float32))
+    with pytest.raises(InputError, match="missing"):
+        model.run({"y": x})
+
+
 @pytest.mark.parametrize("damage", ["random", "truncated", "empty-header"])
 def test_corrupt_tflite_is_an_artifact_error(tmp_path, float_tflite, damage):
     data = float_tflite.read_bytes()

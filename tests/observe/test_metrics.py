@@ -91,3 +91,42 @@ def test_bad_config_is_an_edgewise_error():
         ObserveConfig(sample_rate=1.5)
     with pytest.raises(InputError, match="inputs policy"):
         ObserveConfig(inputs="everything")
+
+
+def test_series_bins_like_bisect_and_loses_nothing_while_folding_concurrently():
+    """Latencies are appended on the hot path and binned later; a fold racing the appends must
+    neither drop nor double-count one, and bucket edges are Prometheus' ``le`` (bisect_left)."""
+    from bisect import bisect_left
+
+    from edgewise.device_runtime._metrics import LATENCY_BUCKETS, Series, SeriesKey
+
+    series = Series(SeriesKey("m", "1"))
+    rng = np.random.default_rng(0)
+    values = [*LATENCY_BUCKETS, *(b * 1.0000001 for b in LATENCY_BUCKETS), *rng.exponential(1e-3, 20_000), 99.0]
+    per_thread = [values[i::4] for i in range(4)]
+    stop = threading.Event()
+
+    def folder():
+        while not stop.is_set():
+            series.fold()
+
+    def recorder(chunk):
+        for v in chunk:
+            series.record(float(v))
+
+    fold_thread = threading.Thread(target=folder)
+    fold_thread.start()
+    threads = [threading.Thread(target=recorder, args=(c,)) for c in per_thread]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stop.set()
+    fold_thread.join()
+    count, total, buckets = series.totals()
+    expected = [0] * (len(LATENCY_BUCKETS) + 1)
+    for v in values:
+        expected[bisect_left(LATENCY_BUCKETS, float(v))] += 1
+    assert count == len(values) and buckets == expected
+    assert total == pytest.approx(sum(float(v) for v in values))
+    assert series.pending() == 0

@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +147,9 @@ class _Tensor:
         return ((value.astype(np.float32) - self.zero_point) * self.scale).astype(np.float32)
 
 
+Outputs = dict[str, np.ndarray]
+
+
 class LiteRTSession:
     """One Interpreter. It is not thread-safe, so ``run`` holds a lock around set/invoke/get."""
 
@@ -182,6 +186,45 @@ class LiteRTSession:
                  and self._inputs[0].scale is None and self._outputs[0].scale is None)
         self._plain = (self._inputs[0].name, self._inputs[0].index, self._outputs[0].name,
                        self._outputs[0].index) if plain else None
+
+    def runner(self, checked: Callable[[Any], Outputs]) -> Callable[[Any], Outputs] | None:
+        """A ``run(inputs)`` for ``Model`` that takes requests in the interpreter's prepared form
+        straight to the engine and hands anything else to ``checked`` (validation, then ``run``).
+
+        Prepared form: the one input (``{name: array}`` or the bare array) is an ndarray of exactly
+        the input tensor's dtype (``is``: a byte-swapped float32 would pass LiteRT's own type check)
+        and of the shape the interpreter holds now. The shape is left to LiteRT's ``SetTensor``,
+        which refuses a mismatch with ValueError before copying anything; the request then takes the
+        checked path (a clear InputError, or a resize / batch split). A closure, not a method: its
+        state is in local cells, and ``Model`` binds it as its ``run``, so no Python frame of
+        edgewise's sits between the caller and the engine. Measured on a 20 µs MLP against the raw
+        Interpreter (goal: 3 %): 1.7 µs of overhead through validation and ``run``; comparing
+        ``value.shape`` here alone cost 2-3 %. None when the model is not plain (several inputs or
+        outputs, quantized I/O).
+        """
+        if self._plain is None:
+            return None
+        name, index, out_name, out_index = self._plain
+        dtype, lock, interp = self._inputs[0].dtype, self._lock, self._interp
+
+        def run(inputs: Any) -> Outputs:
+            value = inputs.get(name) if type(inputs) is dict and len(inputs) == 1 else inputs
+            if type(value) is np.ndarray and value.dtype is dtype:
+                with lock:
+                    engine = interp._interpreter
+                    try:
+                        engine.SetTensor(index, value)
+                    except ValueError:
+                        pass  # not the prepared shape: the checked path below explains or adapts
+                    else:
+                        try:
+                            engine.Invoke()
+                            return {out_name: engine.GetTensor(out_index)}
+                        except (RuntimeError, ValueError) as exc:
+                            raise InferenceError(f"LiteRT failed to run the model: {_first_line(str(exc))}") from exc
+            return checked(inputs)
+
+        return run
 
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self._plain is not None:

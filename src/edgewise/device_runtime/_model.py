@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,22 @@ class Model(PlacedModel):
 
     def __repr__(self) -> str:
         return f"Model({self.path.name}: {self.placement.describe()})"
+
+
+class _EngineRunModel(Model):
+    """A ``Model`` whose ``run`` is the session's own runner (``Session.runner``): requests already in
+    the engine's prepared form go straight to it, anything else through ``Model.run``'s checks.
+
+    ``run`` is a slot filled per instance, so the call reaches the session's closure directly. Only
+    sessions that offer ``runner`` get this class; the others keep ``Model.run`` with nothing added.
+    """
+
+    __slots__ = ("run",)
+
+    def __init__(self, session: Session, placement: Placement, path: Path, bundle: Bundle | None) -> None:
+        super().__init__(session, placement, path, bundle)
+        checked = functools.partial(Model.run, self)
+        self.run = session.runner(checked) or checked
 
 
 def load(
@@ -95,11 +112,18 @@ def load(
             backend=backend.name, accelerator=session.accelerator, device=accelerator.kind,
             requested=device, fallbacks=tuple(failures),
         )
-        return TextModel(session, placement, path, bundle) if text else Model(session, placement, path, bundle)
+        if text:
+            return TextModel(session, placement, path, bundle)
+        return _model_for(session, placement, path, bundle)
     tried = "; ".join(f"{a.accelerator}: {a.reason}" for a in failures)
     raise PlacementError(
         f"{path.name} could not be placed on device={device!r}{' (strict)' if strict else ''}: {tried}",
     )
+
+
+def _model_for(session: Session, placement: Placement, path: Path, bundle: Bundle | None) -> Model:
+    model_class = _EngineRunModel if hasattr(session, "runner") else Model
+    return model_class(session, placement, path, bundle)
 
 
 def _warm_up(session: Session, bundle: Bundle | None) -> None:

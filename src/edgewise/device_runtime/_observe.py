@@ -2,8 +2,8 @@
 
 Observation is opt-in per model and lives in a wrapper, so a plain ``Model.run`` is untouched
 (no branch, no flag: off costs nothing). The wrapper's ``run`` adds, on the caller's thread, two
-clock reads, a per-thread histogram increment and one random draw; the rare sampled request is
-copied into a bounded mailbox (``_worker.Mailbox``: an append, no lock, no wake-up). Everything
+clock reads, one deque append (the latency, binned later in bulk) and one random draw; the rare
+sampled request is copied into a bounded mailbox (``_worker.Mailbox``: an append, no lock, no wake-up). Everything
 else — encoding inputs by the privacy policy, drift histograms and PSI, sqlite writes, stats
 snapshots — happens on one background worker at low CPU priority, in batches.
 A full mailbox sheds (counted), it never blocks the caller.
@@ -16,7 +16,6 @@ import json
 import os
 import random
 import time
-from bisect import bisect_left as _bucket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,6 @@ from typing import Any
 import numpy as np
 
 from edgewise.device_runtime._drift import DriftMonitor, DriftStatus
-from edgewise.device_runtime._metrics import LATENCY_BUCKETS as _bounds
 from edgewise.device_runtime._metrics import Metrics, Series, SeriesKey, default_metrics
 from edgewise.device_runtime._model import Model
 from edgewise.device_runtime._predlog import INPUT_POLICIES, PredictionLog, encode_tensors
@@ -37,6 +35,7 @@ SNAPSHOT_PREFIX = "stats-"
 # bound once: module globals read faster than attribute chains on the hot path
 _perf = time.perf_counter
 _random = random.random
+_MAX_PENDING = 200_000  # latencies waiting for a fold before a sampled request folds them itself
 
 
 @dataclass(frozen=True)
@@ -95,11 +94,13 @@ class ObservedModel:
         placement = model.placement
         self._series: Series = self.metrics.series(SeriesKey(self.name, self.version, placement.backend,
                                                              placement.device, placement.accelerator))
-        self._acc_local = self._series._local
+        self._record = self._series.record
         # Model.run is ``_run(_validate(inputs))``; calling the two here saves a Python frame per request.
         self._run = model._run
         self._validate = model._validate
         self._rate = config.sample_rate
+        self._shadow_rate = 0.0
+        self._draw_below = self._rate  # max(sample rate, shadow rate)
         self._served_by = f"device:{placement.backend}/{placement.device}"
         reference = getattr(manifest, "reference", None) if manifest else None
         self.drift: DriftMonitor | None = None
@@ -112,7 +113,6 @@ class ObservedModel:
             self.log = PredictionLog(Path(config.directory), max_records=config.max_records,
                                      max_bytes=config.max_bytes)
         self.shadow: ShadowRunner | None = None
-        self._shadow_rate = 0.0
         self._shadow_policy: PromotionPolicy | None = None
         self._shadow_version = ""
         self._last_decision: str | None = None
@@ -132,24 +132,26 @@ class ObservedModel:
             self._series.error(type(exc).__name__)
             raise
         elapsed = _perf() - start
-        try:
-            acc = self._acc_local.acc
-        except AttributeError:
-            acc = self._series.accumulator()
-        acc[0] += elapsed
-        acc[_bucket(_bounds, elapsed) + 1] += 1
-        if self._rate and _random() < self._rate:
-            self._sample(feed, outputs, elapsed)
-        if self._shadow_rate and _random() < self._shadow_rate:
-            shadow = self.shadow
-            if shadow is not None:
-                shadow.offer({k: np.array(v) for k, v in feed.items()}, {k: np.array(v) for k, v in outputs.items()})
+        self._record(elapsed)
+        draw = _random()
+        if draw < self._draw_below:  # one draw decides both samples (the log's and the shadow's)
+            self._rare(draw, feed, outputs, elapsed)
         return outputs
 
-    def _sample(self, feed: dict[str, np.ndarray], outputs: dict[str, np.ndarray], elapsed: float) -> None:
-        # Copies: the caller may reuse its buffers once run() returns.
-        self._mailbox.put(({k: np.array(v) for k, v in feed.items()}, {k: np.array(v) for k, v in outputs.items()},
-                           elapsed, time.time()))
+    def _rare(self, draw: float, feed: dict[str, np.ndarray], outputs: dict[str, np.ndarray],
+              elapsed: float) -> None:
+        """The sampled requests' part of ``run``: hand copies to the workers (the caller may reuse
+        its buffers once run() returns)."""
+        feed_copy = {k: np.array(v) for k, v in feed.items()}
+        output_copy = {k: np.array(v) for k, v in outputs.items()}
+        if draw < self._rate:
+            self._mailbox.put((feed_copy, output_copy, elapsed, time.time()))
+        if draw < self._shadow_rate:
+            shadow = self.shadow
+            if shadow is not None:
+                shadow.offer(feed_copy, output_copy)
+        if self._series.pending() > _MAX_PENDING:  # the worker is starved: fold here, rarely
+            self._series.fold()
 
     @property
     def sampled(self) -> int:
@@ -225,10 +227,12 @@ class ObservedModel:
                                    queue_size=queue_size)
         self._last_decision = None
         self._shadow_rate = rate
+        self._draw_below = max(self._rate, rate)
         return self.shadow
 
     def detach_shadow(self) -> None:
         self._shadow_rate = 0.0
+        self._draw_below = self._rate
         if self.shadow is not None:
             self.shadow.close()
         self.shadow = None
@@ -308,6 +312,7 @@ class ObservedModel:
             self.log.append([{"kind": kind, "model": self.name, "version": self.version, "ts": time.time(), **body}])
 
     def _tick(self) -> None:
+        self._series.fold()  # every flush interval: the pending latencies never pile up
         if time.monotonic() >= self._next_snapshot:
             self._next_snapshot = time.monotonic() + self.config.snapshot_interval_s
             with contextlib.suppress(OSError):  # a full disk must not stop the worker; retried next time
