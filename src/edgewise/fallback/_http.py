@@ -141,23 +141,13 @@ class ResilientHTTP:
     def _send(self, method: str, path: str, json: Any, deadline: Deadline) -> httpx.Response:
         policy = self.endpoint.retry
         for attempt in range(policy.attempts):
-            last = attempt == policy.attempts - 1
             request = self._client.build_request(method, path, json=json)
             request.extensions["timeout"] = _DeadlineTimeouts(deadline, self._phase_limits)
             try:
                 response = self._client.send(request, stream=True)
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                wait = policy.backoff(attempt)
-                if last or wait >= deadline.remaining():
-                    raise self._connect_error(exc, attempt, deadline) from exc
-                time.sleep(wait)
-                continue
-            except httpx.TimeoutException as exc:
-                raise self._timeout_error(exc, deadline, "waiting for the answer") from exc
-            except httpx.TransportError as exc:
-                raise self._sent_error(exc, path) from exc
             except httpx.HTTPError as exc:
-                raise self._protocol_error(exc, path) from exc
+                time.sleep(self._resend_wait(exc, attempt, deadline, path))
+                continue
             if response.status_code < 400:
                 return response
             try:
@@ -256,18 +246,9 @@ class ResilientHTTP:
                 response = await _within(client.send(request, stream=True), deadline)
             except TimeoutError:
                 raise self._deadline_error(deadline, "waiting for the answer") from None
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                wait = policy.backoff(attempt)
-                if attempt == policy.attempts - 1 or wait >= deadline.remaining():
-                    raise self._connect_error(exc, attempt, deadline) from exc
-                await asyncio.sleep(wait)
-                continue
-            except httpx.TimeoutException as exc:
-                raise self._timeout_error(exc, deadline, "waiting for the answer") from exc
-            except httpx.TransportError as exc:
-                raise self._sent_error(exc, path) from exc
             except httpx.HTTPError as exc:
-                raise self._protocol_error(exc, path) from exc
+                await asyncio.sleep(self._resend_wait(exc, attempt, deadline, path))
+                continue
             if response.status_code < 400:
                 return response
             try:
@@ -283,6 +264,25 @@ class ResilientHTTP:
         raise AssertionError("unreachable")  # pragma: no cover
 
     # -- shared ---------------------------------------------------------------------------------------
+
+    def _resend_wait(self, exc: httpx.HTTPError, attempt: int, deadline: Deadline, path: str) -> float:
+        """Seconds to wait before sending again after ``exc``, or the FallbackError to raise.
+
+        Only a failed connection is retried: nothing reached the server. Anything after the
+        request was sent may have been acted on, and is reported instead. One ladder for the
+        synchronous and the async sender (they differ only in how they sleep).
+        """
+        if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+            policy = self.endpoint.retry
+            wait = policy.backoff(attempt)
+            if attempt == policy.attempts - 1 or wait >= deadline.remaining():
+                raise self._connect_error(exc, attempt, deadline) from exc
+            return wait
+        if isinstance(exc, httpx.TimeoutException):
+            raise self._timeout_error(exc, deadline, "waiting for the answer") from exc
+        if isinstance(exc, httpx.TransportError):
+            raise self._sent_error(exc, path) from exc
+        raise self._protocol_error(exc, path) from exc
 
     def _settle(self, verdict: list[bool]) -> None:
         if verdict:

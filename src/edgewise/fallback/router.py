@@ -105,7 +105,7 @@ class TensorResponse(_ServedBy):
 
 
 @dataclass
-class TextStream:
+class TextStream(_ServedBy):
     """Text pieces as they arrive; where it is served is known before the first piece.
 
     ``served`` is set when the stream starts; ``latency_ms`` on it is the time to the first piece.
@@ -118,14 +118,6 @@ class TextStream:
 
     def __iter__(self) -> Iterator[str]:
         return self._pieces
-
-    @property
-    def served_by(self) -> str:
-        return self.served.served_by
-
-    @property
-    def reason(self) -> str:
-        return self.served.reason
 
 
 class Router:
