@@ -227,3 +227,19 @@ print(dr.load({str(float_tflite)!r}).run({{"x": np.ones((3, 16), np.float32)}})[
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "(3, 4)"
+
+
+def test_an_observed_litert_model_runs_through_its_engine_runner(float_tflite):
+    """Observation wraps ``model.run`` itself, so a LiteRT model keeps its engine runner; sampled
+    requests are put in dict form for the log, whatever form they came in."""
+    from edgewise.device_runtime import Metrics, observed
+
+    model = device_runtime.load(float_tflite)
+    watched = observed(model, metrics=Metrics(), sample_rate=1.0)
+    assert watched._run is model.run
+    x = np.random.default_rng(8).normal(size=(1, 16)).astype(np.float32)
+    for request in (x, {"x": x}, [x]):
+        np.testing.assert_array_equal(watched.run(request)["y"], _raw(float_tflite, x))
+    watched.flush()
+    assert watched.sampled == 3 and watched.snapshot()["metrics"]["requests"] == 3
+    watched.close()

@@ -181,7 +181,7 @@ class LiteRTSession:
         # creates. The binding is looked up per call, never stored: a stored reference would trip that check
         # for anyone who calls the public invoke() on this interpreter.
         self._direct = hasattr(interpreter, "_interpreter") and hasattr(interpreter._interpreter, "Invoke")
-        # The common case (one unquantized input and output) gets a path with nothing else in it.
+        # The common case (one unquantized input and output) gets an engine runner (see runner).
         plain = (self._direct and len(self._inputs) == 1 and len(self._outputs) == 1
                  and self._inputs[0].scale is None and self._outputs[0].scale is None)
         self._plain = (self._inputs[0].name, self._inputs[0].index, self._outputs[0].name,
@@ -227,18 +227,7 @@ class LiteRTSession:
         return run
 
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if self._plain is not None:
-            name, index, out_name, out_index = self._plain
-            value = feed[name]
-            if value.shape == self._shapes[index]:
-                try:
-                    with self._lock:
-                        engine = self._interp._interpreter
-                        engine.SetTensor(index, value)  # copies; accepts non-contiguous arrays
-                        engine.Invoke()
-                        return {out_name: engine.GetTensor(out_index)}
-                except (RuntimeError, ValueError) as exc:
-                    raise InferenceError(f"LiteRT failed to run the model: {_first_line(str(exc))}") from exc
+        """The checked path (``runner`` takes the common request before validation)."""
         if self._batch1:
             n = next(iter(feed.values())).shape[0] if feed else 1
             if n != 1:

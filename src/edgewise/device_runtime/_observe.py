@@ -95,8 +95,9 @@ class ObservedModel:
         self._series: Series = self.metrics.series(SeriesKey(self.name, self.version, placement.backend,
                                                              placement.device, placement.accelerator))
         self._record = self._series.record
-        # Model.run is ``_run(_validate(inputs))``; calling the two here saves a Python frame per request.
-        self._run = model._run
+        # The model's own run (a LiteRT model's is the engine runner, not validation + run); inputs are
+        # put in dict form only for the sampled requests that need it.
+        self._run = model.run
         self._validate = model._validate
         self._rate = config.sample_rate
         self._shadow_rate = 0.0
@@ -126,8 +127,7 @@ class ObservedModel:
     def run(self, inputs: Any) -> dict[str, np.ndarray]:
         start = _perf()
         try:
-            feed = self._validate(inputs)
-            outputs = self._run(feed)
+            outputs = self._run(inputs)
         except BaseException as exc:
             self._series.error(type(exc).__name__)
             raise
@@ -135,14 +135,13 @@ class ObservedModel:
         self._record(elapsed)
         draw = _random()
         if draw < self._draw_below:  # one draw decides both samples (the log's and the shadow's)
-            self._rare(draw, feed, outputs, elapsed)
+            self._rare(draw, inputs, outputs, elapsed)
         return outputs
 
-    def _rare(self, draw: float, feed: dict[str, np.ndarray], outputs: dict[str, np.ndarray],
-              elapsed: float) -> None:
+    def _rare(self, draw: float, inputs: Any, outputs: dict[str, np.ndarray], elapsed: float) -> None:
         """The sampled requests' part of ``run``: hand copies to the workers (the caller may reuse
-        its buffers once run() returns)."""
-        feed_copy = {k: np.array(v) for k, v in feed.items()}
+        its buffers once run() returns). ``inputs`` ran, so validating them again cannot fail."""
+        feed_copy = {k: np.array(v) for k, v in self._validate(inputs).items()}
         output_copy = {k: np.array(v) for k, v in outputs.items()}
         if draw < self._rate:
             self._mailbox.put((feed_copy, output_copy, elapsed, time.time()))
