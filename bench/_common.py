@@ -71,3 +71,20 @@ def table(rows: list[list[Any]], header: list[str]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(f"{c:.4g}" if isinstance(c, float) else str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def overhead_models(folder: Path) -> tuple[Path, Path]:
+    """The two ONNX models the overhead benches time: the demo's MNIST CNN and a tiny MLP (worst case:
+    the fixed per-call cost of a wrapper is largest next to a ~6 µs model)."""
+    import numpy as np
+    import torch
+
+    from edgewise.converters._torch_export import export_torch_to_onnx
+    from edgewise.demo.models import DigitsCNN
+
+    cnn, mlp = folder / "cnn.onnx", folder / "mlp.onnx"
+    export_torch_to_onnx(DigitsCNN().eval(), [np.zeros((2, 1, 28, 28), np.float32)], cnn,
+                         input_names=["pixels"], output_names=["logits"])
+    export_torch_to_onnx(torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10)),
+                         [np.zeros((2, 64), np.float32)], mlp, input_names=["x"], output_names=["y"])
+    return cnn, mlp

@@ -23,10 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench._common import table, write
+from bench._common import interleaved_ratio, overhead_models, table, write
 from edgewise import device_runtime
-from edgewise.converters._torch_export import export_torch_to_onnx
-from edgewise.demo.models import DigitsCNN
 
 SAMPLE_RATE = 0.01
 SHADOW_RATE = 0.10
@@ -39,20 +37,9 @@ def _paired(on, off, *, calls: int, rounds: int) -> dict:
     neighbouring rounds cancels that drift, and the median over pairs ignores the rounds a
     neighbour's burst hit. Both figures are written; the goal is checked on the paired one.
     """
-    for fn in (off, on):
-        for _ in range(max(3, calls // 10)):
-            fn()
-    perf = time.perf_counter
-    offs, ons = [], []
-    for _ in range(rounds):
-        for fn, sink in ((off, offs), (on, ons)):
-            start = perf()
-            for _ in range(calls):
-                fn()
-            sink.append((perf() - start) / calls)
-    return {"off_ms": 1e3 * statistics.median(offs), "on_ms": 1e3 * statistics.median(ons),
-            "ratio_of_medians": statistics.median(ons) / statistics.median(offs),
-            "ratio": statistics.median(b / a for a, b in zip(offs, ons, strict=True))}
+    measured = interleaved_ratio(on, off, calls=calls, rounds=rounds)
+    return {"off_ms": measured["raw_ms"], "on_ms": measured["edgewise_ms"],
+            "ratio_of_medians": measured["ratio"], "ratio": measured["paired_ratio"]}
 
 
 def _overhead(path: Path, feed: dict, log_dir: Path, *, calls: int, rounds: int) -> dict:
@@ -130,12 +117,7 @@ def main() -> None:
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
-        cnn = Path(tmp) / "cnn.onnx"
-        export_torch_to_onnx(DigitsCNN().eval(), [np.zeros((2, 1, 28, 28), np.float32)], cnn,
-                             input_names=["pixels"], output_names=["logits"])
-        mlp = Path(tmp) / "mlp.onnx"
-        export_torch_to_onnx(torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10)),
-                             [np.zeros((2, 64), np.float32)], mlp, input_names=["x"], output_names=["y"])
+        cnn, mlp = overhead_models(Path(tmp))
         b1 = {"pixels": rng.random((1, 1, 28, 28), dtype=np.float32)}
         b32 = {"pixels": rng.random((32, 1, 28, 28), dtype=np.float32)}
         cnn_b1 = _overhead(cnn, b1, Path(tmp) / "log-b1", calls=200, rounds=101)

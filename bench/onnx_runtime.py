@@ -17,10 +17,8 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from bench._common import interleaved_ratio, table, write
+from bench._common import interleaved_ratio, overhead_models, table, write
 from edgewise import device_runtime
-from edgewise.converters._torch_export import export_torch_to_onnx
-from edgewise.demo.models import DigitsCNN
 
 
 def _raw_session(path: Path, threads: int) -> ort.InferenceSession:
@@ -56,12 +54,7 @@ def main() -> None:
     threads = 2
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
-        cnn = Path(tmp) / "cnn.onnx"
-        export_torch_to_onnx(DigitsCNN().eval(), [np.zeros((2, 1, 28, 28), np.float32)], cnn,
-                             input_names=["pixels"], output_names=["logits"])
-        mlp = Path(tmp) / "mlp.onnx"
-        export_torch_to_onnx(torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10)),
-                             [np.zeros((2, 64), np.float32)], mlp, input_names=["x"], output_names=["y"])
+        cnn, mlp = overhead_models(Path(tmp))
         x1 = rng.random((1, 1, 28, 28), dtype=np.float32)
         x32 = rng.random((32, 1, 28, 28), dtype=np.float32)
         b1 = _pair(cnn, "pixels", x1, threads, calls=300, rounds=41)
