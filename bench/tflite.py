@@ -1,7 +1,7 @@
 """TFLite / LiteRT: edgewise ``Model.run`` vs the raw LiteRT Interpreter, and INT8 vs float on real MNIST.
 
 * ``overhead_ratio_b1`` (goal <= 1.03): edgewise ``Model.run`` (for a request in the interpreter's
-  prepared form: dtype check, lock, output dict; see ``LiteRTSession.runner``) vs ``set_tensor`` +
+  prepared form: dtype check, guard token, output dict; see ``LiteRTSession.runner``) vs ``set_tensor`` +
   ``invoke`` + ``get_tensor`` on the very Interpreter edgewise holds (one interpreter, as
   bench.onnx_runtime does with one session), float MNIST MLP, batch 1, 101 interleaved rounds; ratio
   of medians, and the median of per-round ratios (``paired_ratio``) beside it.
