@@ -236,7 +236,8 @@ def test_an_observed_litert_model_runs_through_its_engine_runner(float_tflite):
 
     model = device_runtime.load(float_tflite)
     watched = observed(model, metrics=Metrics(), sample_rate=1.0)
-    assert watched._run is model.run
+    assert model._pipeline() == (None, model.run)  # no validation in front of the runner
+    assert any(cell.cell_contents is model.run for cell in watched.run.__closure__)
     x = np.random.default_rng(8).normal(size=(1, 16)).astype(np.float32)
     for request in (x, {"x": x}, [x]):
         np.testing.assert_array_equal(watched.run(request)["y"], _raw(float_tflite, x))

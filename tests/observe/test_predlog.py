@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -54,6 +55,37 @@ def test_sealed_batch_survives_the_cap_and_is_stable_until_acked(tmp_path):
     assert log.ack_batch(batch.batch_id) == 40 and log.ack_batch(batch.batch_id) == 0
     nxt = log.seal_batch(40)
     assert nxt.batch_id != batch.batch_id and nxt.records[0]["seq"] == 340  # oldest unsent left after the cap
+
+
+def test_the_log_keeps_each_request_as_it_ran_whatever_form_and_later_buffer_reuse(mlp_onnx, tmp_path):
+    """Sampled requests are copied on the caller's thread and validated on the worker: a caller that
+    refills its input buffer right after run() (a camera loop) must not change what was logged, and
+    a bare array and a strided view must log what the model ran on."""
+    model = device_runtime.load(mlp_onnx)
+    watched = observed(model, directory=tmp_path / "obs", metrics=Metrics(), sample_rate=1.0, inputs="full")
+    rng = np.random.default_rng(1)
+    frames = [rng.random((1, 16), dtype=np.float32) for _ in range(3)]
+    buffer = np.empty((1, 16), np.float32)
+    before = time.time()
+    for frame in frames:  # one reused buffer, refilled after each call
+        buffer[:] = frame
+        watched.run({"x": buffer})
+    buffer[:] = 0.0
+    watched.run(frames[0])  # bare array
+    strided = np.repeat(frames[1], 2, axis=1)[:, ::2]
+    assert not strided.flags.c_contiguous
+    watched.run({"x": strided})
+    watched.flush()
+    records = watched.log.records("prediction")
+    logged = [decode_tensors(r["inputs"])["x"] for r in records]
+    for got, want in zip(logged, [*frames, frames[0], frames[1]], strict=True):
+        np.testing.assert_array_equal(got, want)
+        assert got.dtype == np.float32
+    for record, frame in zip(records, [*frames, frames[0], frames[1]], strict=True):
+        np.testing.assert_array_equal(decode_tensors(record["outputs"])["y"], model.run({"x": frame})["y"])
+    assert all(before - 1 <= r["ts"] <= time.time() + 1 for r in records)  # wall-clock time, not perf_counter's
+    assert [r["ts"] for r in records] == sorted(r["ts"] for r in records)
+    watched.close()
 
 
 @pytest.mark.parametrize("policy", ["full", "hashed", "dropped"])

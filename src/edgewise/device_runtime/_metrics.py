@@ -2,7 +2,7 @@
 
 Why not call ``prometheus_client``'s ``Counter.inc``/``Histogram.observe`` on every request: each
 takes a lock and walks the buckets in Python (~1-2 µs together), which is 5 % of a 30 µs model
-call. The hot path here appends the latency to a deque (``Series.record``); the histogram is built
+call. The hot path here appends the latency to an array (``Series.record``); the histogram is built
 from those in bulk when the series is read or folded, and ``prometheus_client`` reads it when it is
 scraped, through a custom collector (the pattern its documentation gives for proxying metrics).
 Exact counts, O(1) per request, and the same Prometheus text and JSON snapshot as the stock
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
+from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,18 +47,23 @@ class SeriesKey:
 class Series:
     """Counters of one (model, version, placement). ``record(seconds)`` is the hot path.
 
-    A request's latency is appended to a deque (one atomic C call, no lock, no Python-level
-    arithmetic on the caller's thread) and folded into the histogram later, in bulk, by whoever
-    reads the series or by the observing worker (``fold``, every flush interval). Measured on the
-    30 µs MNIST CNN: the per-thread accumulator it replaces (thread-local lookup, sum, bisect,
-    increment) cost the caller 0.3-0.5 µs more per request than this append.
+    A request's latency is appended to an ``array('d')`` (one atomic C call, no lock, no
+    Python-level arithmetic on the caller's thread) and folded into the histogram later, in bulk,
+    by whoever reads the series or by the observing worker (``fold``, every flush interval).
+    Measured on the 30 µs MNIST CNN: the per-thread accumulator it replaces (thread-local lookup,
+    sum, bisect, increment) cost the caller 0.3-0.5 µs more per request than the append.
+
+    An array, not a deque: a deque keeps every latency's float object alive until the fold, which
+    then spends ~1.2 ms (16 000 requests, one flush interval of a 30 µs model) freeing them while
+    it holds the GIL, a stall for the request threads. The array stores the double and the float
+    is freed at once, back to CPython's free list; the fold copies a slice (0.13 ms).
     """
 
     __slots__ = ("_buckets", "_count", "_lock", "_pending", "_sum", "errors", "gauges", "key", "record")
 
     def __init__(self, key: SeriesKey) -> None:
         self.key = key
-        self._pending: deque[float] = deque()
+        self._pending = array("d")
         self.record = self._pending.append  # bound once: callers on the hot path call this directly
         self._lock = threading.Lock()
         self._buckets = [0] * (len(LATENCY_BUCKETS) + 1)  # per bucket, not cumulative; last is +Inf
@@ -77,7 +82,10 @@ class Series:
             n = len(pending)  # appends racing this call stay for the next fold
             if not n:
                 return 0
-            values = np.fromiter((pending.popleft() for _ in range(n)), dtype=np.float64, count=n)
+            # Two single C calls, each atomic under the GIL: appends racing the fold land after
+            # index n, so they are neither lost nor counted twice.
+            values = np.frombuffer(pending[:n], dtype=np.float64)
+            del pending[:n]
             counts = np.bincount(np.searchsorted(_BOUNDS, values, side="left"), minlength=len(self._buckets))
             for i, c in enumerate(counts.tolist()):
                 self._buckets[i] += c

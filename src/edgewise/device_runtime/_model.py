@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,13 @@ class Model(PlacedModel):
     def run(self, inputs: Any) -> dict[str, np.ndarray]:
         return self._run(self._validate(inputs))
 
+    def _pipeline(self) -> tuple[Callable[[Any], Any] | None, Callable[[Any], dict[str, np.ndarray]]]:
+        """``(validate, run)`` with ``run(validate(inputs))`` equal to ``self.run(inputs)``; ``validate``
+        is None when ``run`` takes the caller's inputs itself. For wrappers on the request path
+        (observation): calling these two directly saves them this method's Python frame.
+        """
+        return self._validate, self._run
+
     def __repr__(self) -> str:
         return f"Model({self.path.name}: {self.placement.describe()})"
 
@@ -60,6 +68,9 @@ class _EngineRunModel(Model):
         super().__init__(session, placement, path, bundle)
         checked = functools.partial(Model.run, self)
         self.run = session.runner(checked) or checked
+
+    def _pipeline(self) -> tuple[Callable[[Any], Any] | None, Callable[[Any], dict[str, np.ndarray]]]:
+        return None, self.run
 
 
 def load(

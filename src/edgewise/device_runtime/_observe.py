@@ -2,7 +2,7 @@
 
 Observation is opt-in per model and lives in a wrapper, so a plain ``Model.run`` is untouched
 (no branch, no flag: off costs nothing). The wrapper's ``run`` adds, on the caller's thread, two
-clock reads, one deque append (the latency, binned later in bulk) and one random draw; the rare
+clock reads, one array append (the latency, binned later in bulk) and one random draw; the rare
 sampled request is copied into a bounded mailbox (``_worker.Mailbox``: an append, no lock, no wake-up). Everything
 else — encoding inputs by the privacy policy, drift histograms and PSI, sqlite writes, stats
 snapshots — happens on one background worker at low CPU priority, in batches.
@@ -16,6 +16,7 @@ import json
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,10 +96,7 @@ class ObservedModel:
         self._series: Series = self.metrics.series(SeriesKey(self.name, self.version, placement.backend,
                                                              placement.device, placement.accelerator))
         self._record = self._series.record
-        # The model's own run (a LiteRT model's is the engine runner, not validation + run); inputs are
-        # put in dict form only for the sampled requests that need it.
-        self._run = model.run
-        self._validate = model._validate
+        self._validate = model._validate  # inputs are put in dict form only for the sampled requests
         self._rate = config.sample_rate
         self._shadow_rate = 0.0
         self._draw_below = self._rate  # max(sample rate, shadow rate)
@@ -121,34 +119,54 @@ class ObservedModel:
         self._next_snapshot = time.monotonic() + config.snapshot_interval_s
         self._mailbox = Mailbox(self._process, capacity=config.queue_size, interval=config.flush_interval_s,
                                 name=f"edgewise-observe-{self.name}", tick=self._tick)
+        self.run = self._observed_run()
 
     # ----------------------------------------------------------------- the hot path
 
-    def run(self, inputs: Any) -> dict[str, np.ndarray]:
-        start = _perf()
-        try:
-            outputs = self._run(inputs)
-        except BaseException as exc:
-            self._series.error(type(exc).__name__)
-            raise
-        elapsed = _perf() - start
-        self._record(elapsed)
-        draw = _random()
-        if draw < self._draw_below:  # one draw decides both samples (the log's and the shadow's)
-            self._rare(draw, inputs, outputs, elapsed)
-        return outputs
+    run: Callable[[Any], dict[str, np.ndarray]]
+    """``Model.run``'s contract, timed and sampled (built per instance by ``_observed_run``)."""
 
-    def _rare(self, draw: float, inputs: Any, outputs: dict[str, np.ndarray], elapsed: float) -> None:
-        """The sampled requests' part of ``run``: hand copies to the workers (the caller may reuse
-        its buffers once run() returns). ``inputs`` ran, so validating them again cannot fail."""
-        feed_copy = {k: np.array(v) for k, v in self._validate(inputs).items()}
-        output_copy = {k: np.array(v) for k, v in outputs.items()}
+    def _observed_run(self) -> Callable[[Any], dict[str, np.ndarray]]:
+        """``run`` as a closure over the model's own pipeline (``Model._pipeline``): validation and the
+        engine's run (or a LiteRT model's engine runner) are called from here, so observation adds
+        no Python frame to the request, only its clock reads, the latency append and one draw.
+        Measured on the 30 µs MNIST CNN: a method calling ``model.run`` cost ~0.2 µs more.
+        """
+        validate, model_run = self.model._pipeline()
+        record, failed, rare = self._record, self._series.error, self._rare
+        perf, draw_random = _perf, _random
+        observed = self  # _draw_below changes when a shadow is attached or detached
+
+        def run(inputs: Any) -> dict[str, np.ndarray]:
+            start = perf()
+            try:
+                outputs = model_run(inputs if validate is None else validate(inputs))
+            except BaseException as exc:
+                failed(type(exc).__name__)
+                raise
+            elapsed = perf() - start
+            record(elapsed)
+            draw = draw_random()
+            if draw < observed._draw_below:  # one draw decides both samples (the log's and the shadow's)
+                rare(draw, inputs, outputs, start, elapsed)
+            return outputs
+
+        return run
+
+    def _rare(self, draw: float, inputs: Any, outputs: dict[str, np.ndarray], start: float, elapsed: float) -> None:
+        """The sampled requests' part of ``run``: hand copies to the workers (the caller may reuse its
+        buffers once run() returns). It runs cold, after the engine has evicted the caches: measured
+        in place on the MNIST CNN it cost ~12 µs a sample with ``np.array`` copies, validation and a
+        wall-clock read here, ten times its ``timeit`` figure. So the log's copy is ``_frozen``
+        (bytes), and validation and the wall-clock time wait for the worker."""
         if draw < self._rate:
-            self._mailbox.put((feed_copy, output_copy, elapsed, time.time()))
+            frozen = _frozen(inputs) or _frozen(self._validate(inputs))
+            self._mailbox.put((frozen, _frozen(outputs), start, elapsed))
         if draw < self._shadow_rate:
             shadow = self.shadow
             if shadow is not None:
-                shadow.offer(feed_copy, output_copy)
+                shadow.offer({k: np.array(v) for k, v in self._validate(inputs).items()},
+                             {k: np.array(v) for k, v in outputs.items()})
         if self._series.pending() > _MAX_PENDING:  # the worker is starved: fold here, rarely
             self._series.fold()
 
@@ -319,7 +337,11 @@ class ObservedModel:
 
     def _process(self, items: list[tuple]) -> None:
         records = []
-        for feed, outputs, elapsed, ts in items:
+        wall_offset = time.time() - _perf()  # the requests' perf_counter stamps -> wall-clock time
+        for frozen_inputs, frozen_outputs, start, elapsed in items:
+            feed = self._validate(_thawed(frozen_inputs))  # it ran, so it validates again
+            outputs = _thawed(frozen_outputs)
+            ts = start + elapsed + wall_offset
             if self.drift is not None:
                 self.drift.update(feed, outputs)
             if self.log is not None:
@@ -352,6 +374,29 @@ def observed(model: Model, config: ObserveConfig | None = None, **options: Any) 
     if options:
         config = ObserveConfig(**{**(config.__dict__ if config else {}), **options})
     return ObservedModel(model, config)
+
+
+def _frozen(tensors: Any) -> list[tuple] | None:
+    """A copy of a request's arrays that later writes to the caller's buffers cannot reach, or None
+    when ``tensors`` is not an array or a dict of arrays (the caller validates and freezes that).
+
+    Each array becomes ``(name, bytes, dtype, shape)`` (``ndarray.tobytes``: numpy's shortest copy
+    path, ~40 % cheaper in place than ``np.array``); a bare array gets the name None.
+    """
+    if type(tensors) is np.ndarray:
+        return [(None, tensors.tobytes(), tensors.dtype, tensors.shape)]
+    if type(tensors) is dict:
+        try:
+            return [(name, value.tobytes(), value.dtype, value.shape) for name, value in tensors.items()]
+        except AttributeError:  # a value that is not an array (a list, say)
+            return None
+    return None
+
+
+def _thawed(frozen: list[tuple]) -> Any:
+    """``_frozen``'s inverse, on the worker: read-only arrays over the copied bytes."""
+    arrays = {name: np.frombuffer(data, dtype=dtype).reshape(shape) for name, data, dtype, shape in frozen}
+    return arrays.get(None, arrays)
 
 
 def _json_default(value: Any) -> Any:
