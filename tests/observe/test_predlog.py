@@ -178,3 +178,20 @@ def test_app_killed_mid_write_leaves_a_consistent_bounded_log(mlp_onnx, tmp_path
         assert stats["written"] == stats["records"] + stats["dropped"]  # every record accounted for
         log.close()
     assert stats["written"] > 300  # the cap was exercised across the restarts
+
+
+def test_frozen_copies_survive_changes_to_the_callers_arrays_for_every_dtype():
+    from edgewise.device_runtime._observe import _frozen, _thawed
+
+    strings = np.array([["héllo", "x"]], dtype=object)  # pointers, not data: copied as an array
+    text = np.array([["ab", "c"]])
+    strided = np.arange(6, dtype=np.int16).reshape(2, 3)[:, ::2]
+    frozen = _frozen({"s": strings, "t": text, "i": strided})
+    strings[0, 0], text[0, 0], strided[0, 0] = "changed", "zz", 99
+    thawed = _thawed(frozen)
+    assert thawed["s"].tolist() == [["héllo", "x"]]
+    assert thawed["t"].tolist() == [["ab", "c"]] and thawed["t"].dtype == np.dtype("<U2")
+    assert thawed["i"].tolist() == [[0, 2], [3, 5]] and thawed["i"].dtype == np.int16
+    bare = np.ones((1, 3), np.float32)
+    np.testing.assert_array_equal(_thawed(_frozen(bare)), bare)  # a bare array comes back bare
+    assert _frozen({"x": [1.0, 2.0]}) is None and _frozen([bare]) is None  # the caller validates those first

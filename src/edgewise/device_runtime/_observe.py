@@ -339,8 +339,12 @@ class ObservedModel:
         records = []
         wall_offset = time.time() - _perf()  # the requests' perf_counter stamps -> wall-clock time
         for frozen_inputs, frozen_outputs, start, elapsed in items:
-            feed = self._validate(_thawed(frozen_inputs))  # it ran, so it validates again
-            outputs = _thawed(frozen_outputs)
+            try:
+                feed = self._validate(_thawed(frozen_inputs))  # it ran, so it validates again
+                outputs = _thawed(frozen_outputs)
+            except Exception:  # never let one odd request stop the worker's batch
+                self._series.error("prediction_log_input")
+                continue
             ts = start + elapsed + wall_offset
             if self.drift is not None:
                 self.drift.update(feed, outputs)
@@ -381,21 +385,29 @@ def _frozen(tensors: Any) -> list[tuple] | None:
     when ``tensors`` is not an array or a dict of arrays (the caller validates and freezes that).
 
     Each array becomes ``(name, bytes, dtype, shape)`` (``ndarray.tobytes``: numpy's shortest copy
-    path, ~40 % cheaper in place than ``np.array``); a bare array gets the name None.
+    path, ~40 % cheaper in place than ``np.array``); a bare array gets the name None. Object arrays
+    (strings as Python objects) hold pointers, not data: those are copied as arrays, dtype None.
     """
     if type(tensors) is np.ndarray:
-        return [(None, tensors.tobytes(), tensors.dtype, tensors.shape)]
+        return [_frozen_array(None, tensors)]
     if type(tensors) is dict:
         try:
-            return [(name, value.tobytes(), value.dtype, value.shape) for name, value in tensors.items()]
+            return [_frozen_array(name, value) for name, value in tensors.items()]
         except AttributeError:  # a value that is not an array (a list, say)
             return None
     return None
 
 
+def _frozen_array(name: str | None, value: np.ndarray) -> tuple:
+    if value.dtype.hasobject:
+        return name, value.copy(), None, value.shape
+    return name, value.tobytes(), value.dtype, value.shape
+
+
 def _thawed(frozen: list[tuple]) -> Any:
     """``_frozen``'s inverse, on the worker: read-only arrays over the copied bytes."""
-    arrays = {name: np.frombuffer(data, dtype=dtype).reshape(shape) for name, data, dtype, shape in frozen}
+    arrays = {name: data if dtype is None else np.frombuffer(data, dtype=dtype).reshape(shape)
+              for name, data, dtype, shape in frozen}
     return arrays.get(None, arrays)
 
 
