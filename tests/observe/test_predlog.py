@@ -181,7 +181,8 @@ def test_app_killed_mid_write_leaves_a_consistent_bounded_log(mlp_onnx, tmp_path
 
 
 def test_frozen_copies_survive_changes_to_the_callers_arrays_for_every_dtype():
-    from edgewise.device_runtime._observe import _frozen, _thawed
+    from edgewise.device_runtime._frozen import frozen as _frozen
+    from edgewise.device_runtime._frozen import thawed as _thawed
 
     strings = np.array([["héllo", "x"]], dtype=object)  # pointers, not data: copied as an array
     text = np.array([["ab", "c"]])
@@ -195,3 +196,24 @@ def test_frozen_copies_survive_changes_to_the_callers_arrays_for_every_dtype():
     bare = np.ones((1, 3), np.float32)
     np.testing.assert_array_equal(_thawed(_frozen(bare)), bare)  # a bare array comes back bare
     assert _frozen({"x": [1.0, 2.0]}) is None and _frozen([bare]) is None  # the caller validates those first
+
+
+def test_string_tensors_are_logged_as_they_were(tmp_path):
+    """Object arrays hold pointers, so the sampled copy must copy the array, not its bytes."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["s"], ["t"])], "strings",
+                              [helper.make_tensor_value_info("s", TensorProto.STRING, [1])],
+                              [helper.make_tensor_value_info("t", TensorProto.STRING, [1])])
+    path = tmp_path / "strings.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    watched = observed(device_runtime.load(path), directory=tmp_path / "obs", metrics=Metrics(), sample_rate=1.0,
+                       inputs="full")
+    words = np.array(["héllo"], dtype=object)
+    assert watched.run({"s": words})["t"].tolist() == ["héllo"]
+    words[0] = "changed"
+    watched.flush()
+    (record,) = watched.log.records("prediction")
+    assert record["inputs"]["s"]["data"] == ["héllo"] and record["outputs"]["t"]["data"] == ["héllo"]
+    watched.close()

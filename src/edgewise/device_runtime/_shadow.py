@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from edgewise.device_runtime._frozen import thawed
 from edgewise.device_runtime._worker import Mailbox
 
 _EPS = 1e-12
@@ -148,8 +149,12 @@ class ShadowRunner:
         self.stats = ShadowStats(classification=classification)
         self._mailbox = Mailbox(self._handle, capacity=queue_size, interval=interval, name="edgewise-shadow")
 
-    def offer(self, feed: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> bool:
-        """Called on the caller's thread: O(1), never blocks, wakes nobody; False when full (shed, counted)."""
+    def offer(self, feed: Mapping[str, np.ndarray] | list[tuple],
+              outputs: Mapping[str, np.ndarray] | list[tuple]) -> bool:
+        """Called on the caller's thread: O(1), never blocks, wakes nobody; False when full (shed, counted).
+
+        ``feed`` and ``outputs`` are arrays the caller will not change, or ``frozen`` copies.
+        """
         return self._mailbox.put((feed, outputs))
 
     def metrics(self) -> dict[str, Any]:
@@ -171,6 +176,8 @@ class ShadowRunner:
         pairs: dict[int, tuple[list[np.ndarray], list[np.ndarray]]] = {}
         for feed, outputs in items:
             try:
+                if type(feed) is list:
+                    feed, outputs = thawed(feed), thawed(outputs)
                 got = self._candidate(feed)
                 name = self._output or next(iter(outputs))
                 served, candidate = np.asarray(outputs[name]), np.asarray(got[name])

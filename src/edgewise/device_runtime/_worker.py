@@ -53,11 +53,21 @@ class Mailbox:
     def put(self, item: Any) -> bool:
         """Hot path: O(1), never blocks. False (and counted) when the mailbox is full."""
         if len(self._items) >= self.capacity:
-            with self._lock:
-                self.shed += 1
+            self.count_shed()
             return False
         self._items.append(item)
         return True
+
+    @property
+    def queue(self) -> deque:
+        """The deque ``put`` appends to, for a caller that inlines ``put`` (a method call costs µs on
+        a path the caches have forgotten): append only while ``len(queue) < capacity``, else
+        ``count_shed()``."""
+        return self._items
+
+    def count_shed(self) -> None:
+        with self._lock:
+            self.shed += 1
 
     def __len__(self) -> int:
         return len(self._items)
