@@ -8,8 +8,8 @@ code the engine has pushed out of the caches by the time the call returns. ``lis
 free-threaded build); around the same calls they measured 0.1-0.5 %.
 
 The token is a list's one element: ``take`` (``list.pop``) raises IndexError when another caller holds
-it, ``give`` (``list.append``) hands it back. A caller that finds it taken waits in ``hold`` on a
-condition; whoever gives the token back wakes one waiter if ``waiting`` is not empty.
+it, ``give`` (``list.append``) hands it back. A caller that finds it taken waits in ``with guard:``
+on a condition; whoever gives the token back wakes one waiter if ``waiting`` is not empty.
 """
 
 from __future__ import annotations

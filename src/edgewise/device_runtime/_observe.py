@@ -27,6 +27,7 @@ from edgewise.device_runtime._drift import DriftMonitor, DriftStatus
 from edgewise.device_runtime._frozen import frozen, thawed
 from edgewise.device_runtime._metrics import Metrics, Series, SeriesKey, default_metrics
 from edgewise.device_runtime._model import Model
+from edgewise.device_runtime._placed import PlacedModel
 from edgewise.device_runtime._predlog import INPUT_POLICIES, PredictionLog, encode_tensors
 from edgewise.device_runtime._shadow import PromotionDecision, PromotionPolicy, ShadowRunner, decide_promotion
 from edgewise.device_runtime._worker import Mailbox
@@ -75,7 +76,7 @@ class ObserveConfig:
                              hint="Use 'hashed' to keep inputs private but joinable, 'dropped' to keep none.")
 
 
-class ObservedModel:
+class ObservedModel(PlacedModel):
     """A ``Model`` with observation on. Same ``run`` contract; extra: drift, shadow, snapshots.
 
     Thread-safe like ``Model``. ``close()`` flushes the log and stops the workers.
@@ -213,24 +214,6 @@ class ObservedModel:
     @property
     def path(self) -> Path:
         return self.model.path
-
-    @property
-    def backend(self) -> str:
-        return self.model.backend
-
-    @property
-    def device(self) -> str:
-        return self.model.device
-
-    @property
-    def accelerator(self) -> str:
-        return self.model.accelerator
-
-    def __enter__(self) -> ObservedModel:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"ObservedModel({self.model!r})"
