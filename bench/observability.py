@@ -4,6 +4,8 @@
 disk vs the plain ``Model.run`` of the *same* Model object (one InferenceSession; see bench/onnx_runtime.py
 for why two sessions cannot be compared on 2 cores), alternating rounds, median of per-pair ratios. Model: the
 MNIST CNN of the demo at batch 1, as in bench/onnx_runtime.py; the tiny MLP is reported as the worst case.
+Both are timed on the compiled request path (``ObservedCall``, the goal's figure) and again on the
+pure-Python one that an install without a C compiler runs.
 
 ``shadow_p99_ratio``: per-call latency p99 of the caller with a shadow candidate attached (the same
 CNN loaded a second time, 1 thread, 10 % of requests) vs without, alternating rounds; the shadow
@@ -15,16 +17,19 @@ Median over blocks of 10 round pairs of the p99 ratio (the overall p99 ratio is 
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
 
 from bench._common import interleaved_ratio, overhead_models, table, write
 from edgewise import device_runtime
+from edgewise.device_runtime import _observe
 
 SAMPLE_RATE = 0.01
 SHADOW_RATE = 0.10
@@ -42,10 +47,12 @@ def _paired(on, off, *, calls: int, rounds: int) -> dict:
             "ratio_of_medians": measured["ratio"], "ratio": measured["paired_ratio"]}
 
 
-def _overhead(path: Path, feed: dict, log_dir: Path, *, calls: int, rounds: int) -> dict:
+def _overhead(path: Path, feed: dict, log_dir: Path, *, calls: int, rounds: int, python: bool = False) -> dict:
+    """``python=True`` times the pure-Python request path (what an install without a C compiler runs)."""
     model = device_runtime.load(path, device="cpu", threads=2)
-    watched = device_runtime.observed(model, directory=log_dir, metrics=device_runtime.Metrics(),
-                                      sample_rate=SAMPLE_RATE, inputs="hashed")
+    with mock.patch.object(_observe, "ObservedCall", None) if python else contextlib.nullcontext():
+        watched = device_runtime.observed(model, directory=log_dir, metrics=device_runtime.Metrics(),
+                                          sample_rate=SAMPLE_RATE, inputs="hashed")
     np.testing.assert_array_equal(watched.run(feed)[model.signature.outputs[0].name],
                                   model.run(feed)[model.signature.outputs[0].name])
     result = _paired(lambda: watched.run(feed), lambda: model.run(feed), calls=calls, rounds=rounds)
@@ -54,6 +61,7 @@ def _overhead(path: Path, feed: dict, log_dir: Path, *, calls: int, rounds: int)
     snap = watched.snapshot()
     watched.close()
     result["overhead_us_per_call"] = 1e3 * (result["on_ms"] - result["off_ms"])
+    result["hot_path"] = watched.hot_path
     result["requests_observed"] = snap["metrics"]["requests"]
     result["records_logged"] = stats["written"]
     result["shed"] = snap["shed"]
@@ -122,12 +130,15 @@ def main() -> None:
         b32 = {"pixels": rng.random((32, 1, 28, 28), dtype=np.float32)}
         cnn_b1 = _overhead(cnn, b1, Path(tmp) / "log-b1", calls=200, rounds=101)
         cnn_b32 = _overhead(cnn, b32, Path(tmp) / "log-b32", calls=20, rounds=61)
-        tiny = _overhead(mlp, {"x": rng.random((1, 64), dtype=np.float32)}, Path(tmp) / "log-mlp",
-                         calls=1000, rounds=101)
+        tiny_feed = {"x": rng.random((1, 64), dtype=np.float32)}
+        tiny = _overhead(mlp, tiny_feed, Path(tmp) / "log-mlp", calls=1000, rounds=101)
+        cnn_b1_py = _overhead(cnn, b1, Path(tmp) / "log-b1-py", calls=200, rounds=101, python=True)
+        tiny_py = _overhead(mlp, tiny_feed, Path(tmp) / "log-mlp-py", calls=1000, rounds=101, python=True)
         shadow = _shadow(cnn, b1, calls=300, rounds=50)
-    cases = [("MNIST CNN, batch 1", cnn_b1), ("MNIST CNN, batch 32", cnn_b32), ("tiny MLP 64-64-10, batch 1", tiny)]
-    rows = [[name, r["off_ms"], r["on_ms"], r["ratio"], r["overhead_us_per_call"]] for name, r in cases]
-    print(table(rows, ["metrics + 1 % log", "off ms", "on ms", "ratio", "µs per call"]))
+    cases = [("MNIST CNN, batch 1", cnn_b1), ("MNIST CNN, batch 32", cnn_b32), ("tiny MLP 64-64-10, batch 1", tiny),
+             ("MNIST CNN, batch 1", cnn_b1_py), ("tiny MLP 64-64-10, batch 1", tiny_py)]
+    rows = [[name, r["hot_path"], r["off_ms"], r["on_ms"], r["ratio"], r["overhead_us_per_call"]] for name, r in cases]
+    print(table(rows, ["metrics + 1 % log", "request path", "off ms", "on ms", "ratio", "µs per call"]))
     print(table([["MNIST CNN, batch 1", shadow["off_p99_ms"], shadow["on_p99_ms"], shadow["ratio"],
                   shadow["shadow_compared"], shadow["shadow_shed"]]],
                 ["shadow (10 % of requests)", "p99 off ms", "p99 on ms", "ratio", "compared", "shed"]))
@@ -135,7 +146,9 @@ def main() -> None:
         "model": "MNIST CNN (demo DigitsCNN, 28x28, fp32 ONNX), 2 threads", "sample_rate": SAMPLE_RATE,
         "metrics_overhead_ratio": cnn_b1["ratio"], "metrics_overhead_goal": "<= 1.02",
         "shadow_p99_ratio": shadow["ratio"], "shadow_p99_goal": "<= 1.05",
+        "hot_path": cnn_b1["hot_path"],
         "metrics_b1": cnn_b1, "metrics_b32": cnn_b32, "metrics_tiny_mlp_b1": tiny, "shadow": shadow,
+        "python_hot_path": {"metrics_b1": cnn_b1_py, "metrics_tiny_mlp_b1": tiny_py},
         "note": "on = observed(model, sample_rate=0.01, inputs='hashed') with a sqlite prediction log; off = the "
                 "same Model's run. Shadow: candidate = the same CNN loaded again with 1 thread, its worker at nice "
                 "19; 2-core machine shared with other jobs, so figures are noisy.",

@@ -105,3 +105,18 @@ def smollm2_f16(smollm2_checkpoint_dir, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("smollm2") / "smollm2-f16.gguf"
     hf_to_gguf(smollm2_checkpoint_dir, path, dtype="f16")
     return path
+
+
+@pytest.fixture(params=["c", "python"])
+def hot_path(request, monkeypatch) -> str:
+    """Run an observation test on both request paths of ``ObservedModel.run``: the compiled
+    ``ObservedCall`` and the Python closure that stands in where the package was built without a
+    C compiler. They must log, count and fail alike."""
+    from edgewise.device_runtime import _observe
+
+    if request.param == "python":
+        monkeypatch.setattr(_observe, "ObservedCall", None)
+    elif _observe.ObservedCall is None:
+        pytest.fail("edgewise.device_runtime._observed_call was not built: run ./dev setup on a machine with a "
+                    "C compiler (pip install -e . compiles it)")
+    return request.param

@@ -229,7 +229,7 @@ print(dr.load({str(float_tflite)!r}).run({{"x": np.ones((3, 16), np.float32)}})[
     assert result.stdout.strip().splitlines()[-1] == "(3, 4)"
 
 
-def test_an_observed_litert_model_runs_through_its_engine_runner(float_tflite):
+def test_an_observed_litert_model_runs_through_its_engine_runner(float_tflite, hot_path):
     """Observation wraps ``model.run`` itself, so a LiteRT model keeps its engine runner; sampled
     requests are put in dict form for the log, whatever form they came in."""
     from edgewise.device_runtime import Metrics, observed
@@ -237,7 +237,7 @@ def test_an_observed_litert_model_runs_through_its_engine_runner(float_tflite):
     model = device_runtime.load(float_tflite)
     watched = observed(model, metrics=Metrics(), sample_rate=1.0)
     assert model._pipeline() == (None, model.run)  # no validation in front of the runner
-    assert any(cell.cell_contents is model.run for cell in watched.run.__closure__)
+    assert watched.run.engine_run is model.run
     x = np.random.default_rng(8).normal(size=(1, 16)).astype(np.float32)
     for request in (x, {"x": x}, [x]):
         np.testing.assert_array_equal(watched.run(request)["y"], _raw(float_tflite, x))

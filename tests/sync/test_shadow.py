@@ -47,7 +47,7 @@ def shadow_run(client: SyncClient, batches: int) -> device_runtime.ObservedModel
 
 
 @pytest.mark.parametrize("matching", [True, False])
-def test_promotion_needs_enough_agreeing_shadow_samples(repo, device, tmp_path, capsys, matching):
+def test_promotion_needs_enough_agreeing_shadow_samples(repo, device, tmp_path, capsys, matching, hot_path):
     # matching: the same weights as the served 1.0.0 (seed 0); worse: unrelated weights (seed 1)
     candidate = make_bundle(tmp_path, "digits", "1.1.0", seed=0) if matching else repo.bundles["1.1.0"]
     Publisher(repo.root, repo.keys).publish(candidate, channel="shadow")

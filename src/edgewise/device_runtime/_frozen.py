@@ -6,7 +6,8 @@ runs cold, after the engine has evicted the caches, so it is the shortest numpy 
 dtype and shape. The workers turn it back into read-only arrays (``thawed``).
 
 ``ObservedModel.run`` writes the dict-of-arrays case of ``frozen`` out inline (a call costs µs
-there); the tuples must stay the same as ``_frozen_array``'s.
+there), in C (``_observed_call.c``, ``frozen_array``) and in its Python closure; the tuples must stay
+the same as ``_frozen_array``'s.
 """
 
 from __future__ import annotations
