@@ -9,6 +9,7 @@ from edgewise.errors import CloudResponseError, CloudUnavailableError, FallbackC
 from edgewise.fallback import Deadline, Endpoint
 from edgewise.fallback._kserve import KServeClient, decode, encode
 from edgewise.fallback._openai import OpenAIClient
+from edgewise.fallback._resilience import BreakerPolicy, BreakerState
 from tests.fallback import _servers
 
 QUESTION = [{"role": "system", "content": "You are a helpful assistant."},
@@ -40,6 +41,26 @@ def test_openai_plain_completion_whole_and_streamed(llama_server):
     streamed = "".join(client.complete_stream(prompt, max_tokens=8, deadline=Deadline(60)))
     assert "Paris" in whole.text and streamed == whole.text
     assert whole.completion_tokens == 8 or whole.finish_reason == "stop"
+
+
+def test_streams_give_the_breaker_a_verdict_and_their_slot_back(llama_server):
+    """A half-open breaker lets one probe out. A caller that stops reading a stream leaves no verdict on
+    the endpoint, and the probe and the connection slot are free again when its iterator closes; a
+    stream read to its ``[DONE]`` is a success that closes the breaker."""
+    client = OpenAIClient(Endpoint(llama_server, max_concurrency=1, breaker=BreakerPolicy(min_calls=1, open_s=0.0)))
+    breaker = client.http.breaker
+    breaker.acquire()
+    breaker.record(False)  # opens; open_s=0: the next acquire finds it half-open
+    stream = client.chat_stream(QUESTION, max_tokens=64, deadline=Deadline(60))
+    assert next(stream)
+    assert not breaker.acquire()  # the stream holds the only probe
+    stream.close()
+    assert breaker.state is BreakerState.HALF_OPEN  # abandoned: neither a success nor a failure
+    assert breaker.acquire()  # the probe is back
+    breaker.release()
+    # The one slot is back too (else this would queue until its deadline), and completing closes the breaker.
+    assert "Paris" in "".join(client.chat_stream(QUESTION, max_tokens=16, deadline=Deadline(20)))
+    assert breaker.state is BreakerState.CLOSED
 
 
 def test_bearer_token_from_config_and_environment(llama_server, monkeypatch):

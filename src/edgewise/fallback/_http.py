@@ -34,7 +34,7 @@ import contextlib
 import json as _json
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import httpx
@@ -165,33 +165,31 @@ class ResilientHTTP:
     @contextlib.contextmanager
     def _admitted(self, deadline: Deadline) -> Iterator[list[bool]]:
         """Breaker admission + a concurrency slot around one request; records the verdict."""
-        if not self.breaker.acquire():
-            raise self._circuit_open()
-        verdict: list[bool] = []
-        try:
+        with self._judged() as verdict:
             if not self._slots.acquire(timeout=deadline.remaining()):
                 raise self._deadline_error(deadline, _QUEUED)
             try:
                 yield verdict
             finally:
                 self._slots.release()
-        except FallbackError as exc:
-            _judge(exc, verdict)
-            raise
-        finally:
-            self._settle(verdict)
 
     # -- streams (async, on the fallback loop) --------------------------------------------------------
 
     async def stream_lines(self, method: str, path: str, *, deadline: Deadline, json: Any = None,
-                           ) -> AsyncIterator[str]:
-        """Lines of a streamed 2xx answer; every read is bounded by ``deadline``."""
+                           last: Callable[[str], bool] | None = None) -> AsyncIterator[str]:
+        """Lines of a streamed 2xx answer; every read is bounded by ``deadline``.
+
+        ``last`` names the protocol's end-of-answer line (OpenAI's ``data: [DONE]``): the answer is
+        then complete, so the endpoint is judged a success, the connection and its slot are given
+        back, and only then is that line yielded. A consumer stops reading there; without ``last``
+        its stop would leave the breaker no verdict (a half-open breaker probed by streams alone
+        would never close). A caller that stops earlier must close this iterator
+        (``contextlib.aclosing``) so the slot and the breaker's admission come back at once.
+        """
         if self._aclient is None:
             self._aclient = httpx.AsyncClient(**self._options)
-        if not self.breaker.acquire():
-            raise self._circuit_open()
-        verdict: list[bool] = []
-        try:
+        final = None
+        with self._judged() as verdict:  # a slot is awaited here, not blocked on: the loop serves others
             if not await self._acquire_slot(deadline):
                 raise self._deadline_error(deadline, _QUEUED)
             try:
@@ -217,17 +215,17 @@ class ResilientHTTP:
                         except httpx.HTTPError as exc:
                             raise self._protocol_error(exc, path) from exc
                         received += 1
+                        if last is not None and last(line):
+                            final = line
+                            break
                         yield line
                 finally:
                     await response.aclose()
                 verdict.append(True)
             finally:
                 self._slots.release()
-        except FallbackError as exc:
-            _judge(exc, verdict)
-            raise
-        finally:
-            self._settle(verdict)
+        if final is not None:
+            yield final
 
     async def _acquire_slot(self, deadline: Deadline) -> bool:
         while not self._slots.acquire(blocking=False):
@@ -284,11 +282,27 @@ class ResilientHTTP:
             raise self._sent_error(exc, path) from exc
         raise self._protocol_error(exc, path) from exc
 
-    def _settle(self, verdict: list[bool]) -> None:
-        if verdict:
-            self.breaker.record(verdict[-1])
-        else:
-            self.breaker.release()  # cancelled, abandoned or queued out: no verdict on the endpoint
+    @contextlib.contextmanager
+    def _judged(self) -> Iterator[list[bool]]:
+        """Breaker admission around one request (whole answer or stream) and its verdict on the endpoint.
+
+        The body appends True once the answer is complete; a FallbackError is judged by its kind
+        (``_judge``); anything else — cancelled, abandoned, queued out — leaves no verdict and only
+        gives the breaker's admission back.
+        """
+        if not self.breaker.acquire():
+            raise self._circuit_open()
+        verdict: list[bool] = []
+        try:
+            yield verdict
+        except FallbackError as exc:
+            _judge(exc, verdict)
+            raise
+        finally:
+            if verdict:
+                self.breaker.record(verdict[-1])
+            else:
+                self.breaker.release()
 
     def _retry_wait(self, response: httpx.Response, attempt: int, deadline: Deadline) -> float | None:
         """Seconds to wait before retrying this answer, or None when it must not be retried."""

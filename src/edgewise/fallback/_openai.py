@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
@@ -64,22 +65,25 @@ class OpenAIClient:
 
     async def _stream(self, path: str, body: dict[str, Any], deadline: Deadline, piece: Any) -> AsyncIterator[str]:
         done = False
-        async for line in self.http.stream_lines("POST", path, deadline=deadline, json=body):
-            if not line.startswith("data:"):
-                continue  # blank separators, comments (": ping"), event names
-            data = line[5:].strip()
-            if data == "[DONE]":
-                done = True
-                break
-            try:
-                event = json.loads(data)
-                choices = event.get("choices") or []
-                text = piece(choices[0]) if choices else None
-            except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                raise CloudResponseError(f"{self.endpoint.name}{path}: unreadable stream event {data[:120]!r}",
-                                         endpoint=self.endpoint.name) from exc
-            if text:
-                yield text
+        # aclosing: a caller that stops reading closes the HTTP stream now, not when it is collected
+        async with contextlib.aclosing(self.http.stream_lines("POST", path, deadline=deadline, json=body,
+                                                              last=_is_done)) as lines:
+            async for line in lines:
+                if not line.startswith("data:"):
+                    continue  # blank separators, comments (": ping"), event names
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    done = True
+                    break
+                try:
+                    event = json.loads(data)
+                    choices = event.get("choices") or []
+                    text = piece(choices[0]) if choices else None
+                except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                    raise CloudResponseError(f"{self.endpoint.name}{path}: unreadable stream event {data[:120]!r}",
+                                             endpoint=self.endpoint.name) from exc
+                if text:
+                    yield text
         if not done:
             raise CloudResponseError(f"{self.endpoint.name}{path}: the stream ended without [DONE]",
                                      endpoint=self.endpoint.name,
@@ -95,6 +99,11 @@ class OpenAIClient:
         except (KeyError, IndexError, TypeError, AttributeError) as exc:
             raise CloudResponseError(f"{self.endpoint.name}{path}: not an OpenAI completion: {str(answer)[:200]}",
                                      endpoint=self.endpoint.name) from exc
+
+
+def _is_done(line: str) -> bool:
+    """OpenAI's end-of-stream event: the answer is complete."""
+    return line.startswith("data:") and line[5:].strip() == "[DONE]"
 
 
 def _delta(choice: dict[str, Any]) -> str | None:
