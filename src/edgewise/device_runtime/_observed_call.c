@@ -98,7 +98,13 @@ frozen(ObservedCall *self, PyObject *tensors)
         if (list == NULL)
             return NULL;
         while (PyDict_Next(tensors, &pos, &name, &value)) {
+            /* PyDict_Next lends its references: hold them while numpy's methods run (another thread
+             * may change the caller's dict meanwhile; the copy then has what was there when read). */
+            Py_INCREF(name);
+            Py_INCREF(value);
             PyObject *item = frozen_array(name, value);
+            Py_DECREF(name);
+            Py_DECREF(value);
             if (item == NULL || PyList_Append(list, item) < 0) {
                 Py_XDECREF(item);
                 Py_DECREF(list);
