@@ -131,7 +131,7 @@ class ObservedModel(PlacedModel):
         self._mailbox = Mailbox(self._process, capacity=config.queue_size, interval=config.flush_interval_s,
                                 name=f"edgewise-observe-{self.name}", tick=self._tick)
         self.run = self._observed_run()
-        self.hot_path = "python" if ObservedCall is None or not isinstance(self.run, ObservedCall) else "c"
+        self.hot_path = "python" if ObservedCall is None else "c"  # what _observed_run just chose
 
     # ----------------------------------------------------------------- the hot path
 
@@ -163,11 +163,10 @@ class ObservedModel(PlacedModel):
         """``ObservedCall``'s behaviour as a closure, for installs without the compiled module.
         Measured on the tiny MLP: a method calling ``model.run`` cost ~0.1 µs more than this closure.
         """
-        validate_any = self._validate
         record, failed = self._record, self._series.error
         perf, draw_random = _perf, _random
         log_rate, log_queue, log_capacity = self._rate, self._mailbox.queue, self._mailbox.capacity
-        starved, offer_shadow = self._mailbox_full, self._offer_shadow
+        starved, offer_shadow, frozen_request = self._mailbox_full, self._offer_shadow, self._frozen_request
         observed = self  # _draw_below and _shadow_rate change when a shadow is attached or detached
 
         def run(inputs: Any) -> dict[str, np.ndarray]:
@@ -190,7 +189,7 @@ class ObservedModel(PlacedModel):
                     inputs_copy = [(k, v.copy(), None, v.shape) if v.dtype.hasobject else
                                    (k, v.tobytes(), v.dtype, v.shape) for k, v in inputs.items()]
                 except AttributeError:  # not a dict of arrays: a bare array, lists, ...
-                    inputs_copy = frozen(inputs) or frozen(validate_any(inputs))
+                    inputs_copy = frozen_request(inputs)
                 outputs_copy = [(k, v.copy(), None, v.shape) if v.dtype.hasobject else
                                 (k, v.tobytes(), v.dtype, v.shape) for k, v in outputs.items()]
                 if draw < log_rate:

@@ -69,12 +69,12 @@ class OpenAIClient:
         async with contextlib.aclosing(self.http.stream_lines("POST", path, deadline=deadline, json=body,
                                                               last=_is_done)) as lines:
             async for line in lines:
+                if _is_done(line):  # stream_lines gives it last, after judging the endpoint
+                    done = True
+                    break
                 if not line.startswith("data:"):
                     continue  # blank separators, comments (": ping"), event names
                 data = line[5:].strip()
-                if data == "[DONE]":
-                    done = True
-                    break
                 try:
                     event = json.loads(data)
                     choices = event.get("choices") or []
